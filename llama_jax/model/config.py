@@ -1,0 +1,165 @@
+"""Model configuration: a frozen, self-validating `LlamaConfig` and the presets.
+
+The shapes of the paper's Table 2 (LLaMA 7B/13B/33B/65B) and a `tiny` preset
+that trains on a laptop CPU in minutes. The feed-forward width follows Meta's
+released code: ``hidden = int(2 * 4 * dim / 3)``, optionally scaled by
+``ffn_dim_multiplier``, rounded up to a multiple of ``multiple_of``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "ring", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def ffn_hidden_dim(
+    dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None
+) -> int:
+    """SwiGLU hidden width by Meta's rule: 2/3 * 4d, scaled, rounded up."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Shape and numerics of a LLaMA decoder.
+
+    Attributes:
+      dim: model width d.
+      n_layers: number of decoder blocks.
+      n_heads: query heads; head_dim = dim // n_heads.
+      n_kv_heads: key/value heads (grouped-query attention); None means n_heads.
+      vocab_size: vocabulary size (LLaMA: 32000).
+      multiple_of: FFN width is rounded up to a multiple of this.
+      ffn_dim_multiplier: optional scale on the FFN width (Llama 2 70B, Llama 3).
+      hidden_dim: explicit FFN width; overrides the rule when set (HF's
+        ``intermediate_size``).
+      norm_eps: RMSNorm epsilon.
+      rope_theta: RoPE base frequency.
+      max_seq_len: longest context (RoPE table, KV cache default).
+      dtype: compute dtype of activations ("float32" or "bfloat16").
+      param_dtype: storage dtype of parameters.
+      attention_impl: "xla", "cudnn", "pallas", "ring" or "auto".
+      remat_policy: a key of `llama_jax.model.llama.REMAT_POLICIES`.
+      scan_layers: stack the blocks with `nn.scan` (one compiled block).
+    """
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    vocab_size: int = 32000
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    hidden_dim: int | None = None
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: str = "xla"
+    remat_policy: str = "none"
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        def fail(msg):
+            raise ValueError(f"LlamaConfig: {msg}")
+
+        for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of",
+                     "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(f"{name}={value!r} must be a positive integer")
+        if self.dim % self.n_heads:
+            fail(f"dim={self.dim} is not divisible by n_heads={self.n_heads}; "
+                 "choose n_heads that divides dim")
+        if self.head_dim % 2:
+            fail(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        kv = self.num_kv_heads
+        if kv <= 0 or self.n_heads % kv:
+            fail(f"n_heads={self.n_heads} must be a multiple of "
+                 f"n_kv_heads={self.n_kv_heads}")
+        if self.hidden_dim is not None and self.hidden_dim <= 0:
+            fail(f"hidden_dim={self.hidden_dim} must be positive")
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            fail("norm_eps and rope_theta must be positive")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                fail(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            fail(f"attention_impl={self.attention_impl!r} is not one of "
+                 f"{ATTENTION_IMPLS}")
+        # Imported here: llama.py imports this module.
+        from llama_jax.model.llama import REMAT_POLICIES
+
+        if self.remat_policy not in REMAT_POLICIES:
+            fail(f"remat_policy={self.remat_policy!r} is not one of "
+                 f"{sorted(REMAT_POLICIES)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        """The SwiGLU hidden width (explicit `hidden_dim` or Meta's rule)."""
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> Any:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes) -> LlamaConfig:
+        """A copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
+        """Build from a dict; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"LlamaConfig: unknown keys {unknown}; known keys "
+                             f"are {sorted(names)}")
+        return cls(**d)
+
+
+_PAPER = dict(vocab_size=32000, multiple_of=256, norm_eps=1e-6, max_seq_len=2048)
+
+PRESETS: dict[str, LlamaConfig] = {
+    # A CPU-trainable model for the embedded corpus (~6M parameters).
+    "tiny": LlamaConfig(dim=256, n_layers=4, n_heads=8, vocab_size=4096,
+                        multiple_of=32, norm_eps=1e-6, max_seq_len=256),
+    # Table 2 of the paper.
+    "llama_7b": LlamaConfig(dim=4096, n_layers=32, n_heads=32, **_PAPER),
+    "llama_13b": LlamaConfig(dim=5120, n_layers=40, n_heads=40, **_PAPER),
+    "llama_33b": LlamaConfig(dim=6656, n_layers=60, n_heads=52, **_PAPER),
+    "llama_65b": LlamaConfig(dim=8192, n_layers=80, n_heads=64, **_PAPER),
+}
+
+
+def get_preset(name: str, **overrides) -> LlamaConfig:
+    """The preset `name`, with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

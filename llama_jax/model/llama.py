@@ -1,0 +1,171 @@
+"""The LLaMA decoder: pre-norm blocks, a scanned stack, the LM head, remat.
+
+Parameter names follow Meta's checkpoint (`tok_embeddings`, `layers`,
+`attention.wq`, `feed_forward.w1`, `attention_norm`, `ffn_norm`, `norm`,
+`output`), so conversion is a rename table. With `scan_layers` the blocks live
+under `layers` with a leading `layers` axis; otherwise under `layers_0`, ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llama_jax.model.attention import Attention
+from llama_jax.model.config import LlamaConfig
+from llama_jax.model.layers import Embed, FeedForward, Linear, RMSNorm, constrain
+
+LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+_cp = jax.checkpoint_policies
+
+# Remat policy name -> `jax.checkpoint` policy. `None` means no remat at all.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    # Save nothing: recompute the whole block in the backward pass.
+    "full": _cp.nothing_saveable,
+    # The paper's selective checkpointing: keep linear-layer outputs,
+    # recompute norms, activations and attention.
+    "save_linear": _cp.save_only_these_names(*LINEAR_NAMES),
+    # Also keep the attention output so a flash kernel is not re-run.
+    "save_linear_and_attention": _cp.save_only_these_names(
+        *LINEAR_NAMES, "attention"),
+    # Keep every matmul result (XLA's dots), whatever produced it.
+    "save_dots": _cp.dots_with_no_batch_dims_saveable,
+    # Like save_linear, but the saved values live in pinned host memory.
+    "offload_linear": _cp.save_and_offload_only_these_names(
+        names_which_can_be_saved=(),
+        names_which_can_be_offloaded=LINEAR_NAMES,
+        offload_src="device",
+        offload_dst="pinned_host",
+    ),
+}
+
+ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
+
+
+class Block(nn.Module):
+    """One pre-norm decoder block: x + attn(norm(x)), then h + ffn(norm(h))."""
+
+    config: LlamaConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        cfg = self.config
+        norm_kw = dict(eps=cfg.norm_eps, dtype=cfg.compute_dtype,
+                       param_dtype=cfg.weight_dtype)
+        x = constrain(x, ACTIVATION)
+        h = RMSNorm(name="attention_norm", **norm_kw)(x)
+        h = x + Attention(cfg, decode=self.decode, name="attention")(
+            h, positions, segment_ids)  # [batch, len, embed]
+        out = RMSNorm(name="ffn_norm", **norm_kw)(h)
+        out = h + FeedForward(cfg, name="feed_forward")(out)  # [batch, len, embed]
+        return constrain(out, ACTIVATION)
+
+
+class _ScanBlock(Block):
+    """`Block` with the (carry, out) signature `nn.scan` expects."""
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        return super().__call__(x, positions, segment_ids), None
+
+
+def _block_class(cfg: LlamaConfig, base: type[nn.Module]) -> type[nn.Module]:
+    policy = REMAT_POLICIES[cfg.remat_policy]
+    if cfg.remat_policy == "none":
+        return base
+    # Inside nn.scan the loop already stops CSE across the remat boundary.
+    return nn.remat(base, policy=policy, prevent_cse=not cfg.scan_layers)
+
+
+class Llama(nn.Module):
+    """LLaMA decoder-only language model.
+
+    Call: ``apply({'params': p}, tokens, positions=None, segment_ids=None)``
+    -> float32 logits [batch, len, vocab]. With ``decode=True`` the model reads
+    and writes a KV cache in the ``cache`` collection (see `init_cache`).
+    """
+
+    config: LlamaConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        cfg = self.config
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, len], got shape {tokens.shape}")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = Embed(cfg, name="tok_embeddings")(tokens)  # [batch, len, embed]
+        x = constrain(x, ACTIVATION)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                _block_class(cfg, _ScanBlock),
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(cfg, decode=self.decode, name="layers")(
+                x, positions, segment_ids)
+        else:
+            block = _block_class(cfg, Block)
+            for i in range(cfg.n_layers):
+                x = block(cfg, decode=self.decode, name=f"layers_{i}")(
+                    x, positions, segment_ids)
+        x = RMSNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype,
+                    param_dtype=cfg.weight_dtype, name="norm")(x)
+        logits = Linear((cfg.vocab_size,), ("embed", "vocab"), name="output",
+                        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(x)  # [batch, len, vocab]
+        logits = constrain(logits, ("activation_batch", "activation_length",
+                                    "activation_vocab"))
+        return logits.astype(jnp.float32)
+
+
+def init_params(config: LlamaConfig, rng: jax.Array, seq_len: int = 8):
+    """Random parameters (boxed with logical names stripped) for `config`."""
+    tokens = jnp.zeros((1, min(seq_len, config.max_seq_len)), jnp.int32)
+    variables = Llama(config).init(rng, tokens)
+    return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(config: LlamaConfig):
+    """`jax.ShapeDtypeStruct`s of the boxed parameters (no allocation)."""
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(
+        lambda rng, t: Llama(config).init(rng, t)["params"],
+        jax.ShapeDtypeStruct((2,), jnp.uint32), tokens)
+
+
+def count_params(config: LlamaConfig) -> int:
+    """Number of parameters of `config`, computed via `jax.eval_shape`."""
+    shapes = nn.meta.unbox(abstract_params(config))
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(shapes))
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_len: int | None = None,
+               dtype=None):
+    """A zeroed KV cache (the `cache` collection) for `batch_size` x `max_len`."""
+    max_len = max_len or config.max_seq_len
+    model = Llama(config, decode=True)
+    tokens = jax.ShapeDtypeStruct((batch_size, max_len), jnp.int32)
+    shapes = jax.eval_shape(
+        lambda t: model.init(jax.random.key(0), t), tokens)["cache"]
+    cache_dtype = jnp.dtype(dtype) if dtype is not None else config.compute_dtype
+
+    def zeros(s):
+        dt = cache_dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
+        return jnp.zeros(s.shape, dt)
+
+    return jax.tree_util.tree_map(zeros, shapes)
