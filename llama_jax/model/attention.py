@@ -74,13 +74,71 @@ def dot_product_attention(
     causal: bool = True,
     q_offset: jax.Array | int = 0,
 ) -> jax.Array:
-    """Dispatch attention to the implementation named by `impl`."""
-    if impl == "xla" or isinstance(q_offset, jax.Array) or q_offset != 0:
-        # Decoding steps (a cache offset) always take the einsum path.
+    """Dispatch attention to the implementation named by `impl`.
+
+    impl: "xla" (`xla_attention`), "cudnn" (`jax.nn.dot_product_attention`
+    with cuDNN; GPU only, no segment ids), "pallas" (our flash kernel,
+    `llama_jax.kernels.flash_attention`; Pallas interpret mode off GPU),
+    "ring" (`llama_jax.kernels.ring_attention` over the active mesh's
+    `sequence` axis) or "auto" ("pallas" on GPU, "xla" elsewhere). Decoding
+    steps (a cache offset) always take the einsum path.
+    """
+    if isinstance(q_offset, jax.Array) or q_offset != 0:
+        impl = "xla"
+    on_gpu = jax.default_backend() == "gpu"
+    if impl == "auto":
+        impl = "pallas" if on_gpu else "xla"
+    if impl == "xla":
         return xla_attention(q, k, v, q_segment_ids, kv_segment_ids,
                              causal=causal, q_offset=q_offset)
-    raise NotImplementedError(
-        f"attention_impl={impl!r} is not available in this build; use 'xla'")
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
+    if impl == "pallas":
+        from llama_jax.kernels.flash_attention import flash_attention
+
+        return flash_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
+                               kv_segment_ids=kv_segment_ids, interpret=not on_gpu)
+    if impl == "cudnn":
+        if not on_gpu:
+            raise ValueError(f"attention_impl='cudnn' needs a GPU (backend is "
+                             f"{jax.default_backend()!r}); use 'auto' or 'xla'")
+        if q_segment_ids is not None:
+            raise ValueError(
+                "attention_impl='cudnn' cannot mask packed documents: "
+                "jax.nn.dot_product_attention takes segments only as a dense [len, len] "
+                "mask; use attention_impl='pallas' (or 'auto') for segment ids")
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                            implementation="cudnn")
+    if impl == "ring":
+        return _ring_attention(q, k, v, q_segment_ids, kv_segment_ids, causal=causal,
+                               on_gpu=on_gpu)
+    raise ValueError(f"attention_impl={impl!r} is not one of 'xla', 'cudnn', 'pallas', "
+                     "'ring', 'auto'")
+
+
+def _ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal, on_gpu):
+    """Ring attention over the active mesh's `sequence` axis; batch and heads
+    stay sharded the way the active logical rules shard activations."""
+    from llama_jax import sharding
+    from llama_jax.kernels.ring_attention import ring_attention
+
+    if q.shape[1] != k.shape[1] or q_segment_ids is not kv_segment_ids:
+        raise ValueError("attention_impl='ring' is for self-attention over one sequence "
+                         f"(q_len == kv_len, one segment_ids); got {q.shape=}, {k.shape=}")
+    batch_axes = head_axes = None
+    rules = nn.get_logical_axis_rules()
+    if rules:
+        q_spec = sharding.logical_to_spec(
+            ("activation_batch", None, "activation_heads", None), tuple(rules))
+        kv_spec = sharding.logical_to_spec(
+            ("activation_batch", None, "activation_kv_heads", None), tuple(rules))
+        if q_spec != kv_spec:
+            raise ValueError(f"attention_impl='ring' needs q and k/v heads sharded alike; "
+                             f"the rules give {q_spec} and {kv_spec}")
+        batch_axes, head_axes = q_spec[0], q_spec[2]
+    return ring_attention(q, k, v, q_segment_ids, causal=causal, axis_name=sharding.SEQUENCE,
+                          batch_axes=batch_axes, head_axes=head_axes,
+                          local_impl="flash" if on_gpu else "xla", interpret=not on_gpu)
 
 
 class Attention(nn.Module):

@@ -20,8 +20,14 @@ DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint by logical names; a no-op outside a rules context."""
-    return nn.with_logical_constraint(x, tuple(names))
+    """Sharding constraint by logical names; a no-op outside a rules context.
+
+    Delegates to `llama_jax.sharding.with_logical_constraint`, which raises for
+    a logical name that has no rule (instead of silently replicating).
+    """
+    from llama_jax.sharding import with_logical_constraint
+
+    return with_logical_constraint(x, tuple(names))
 
 
 def logical_param(
@@ -135,5 +141,9 @@ class Embed(nn.Module):
         cfg = self.config
         table = logical_param(self, "embedding", (cfg.vocab_size, cfg.dim),
                               ("vocab", "embed"), DEFAULT_INIT, cfg.weight_dtype)
+        # Gather the FSDP shards of the table before the lookup (as for any
+        # FSDP weight); else GSPMD keeps `embed` split and must replicate the
+        # [batch, len, embed] output to reach the batch sharding.
+        table = constrain(table, ("vocab", "activation_embed"))
         x = jnp.take(table, tokens, axis=0)  # [batch, len, embed]
         return x.astype(cfg.compute_dtype)

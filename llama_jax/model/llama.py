@@ -134,10 +134,14 @@ class Llama(nn.Module):
 
 
 def init_params(config: LlamaConfig, rng: jax.Array, seq_len: int = 8):
-    """Random parameters (boxed with logical names stripped) for `config`."""
+    """Random parameters (logical-name boxes stripped) for `config`, on one device.
+
+    Jitted: an eager Flax init dispatches op by op and is many times slower.
+    For sharded initialisation use `llama_jax.step.init_train_state`.
+    """
     tokens = jnp.zeros((1, min(seq_len, config.max_seq_len)), jnp.int32)
-    variables = Llama(config).init(rng, tokens)
-    return nn.meta.unbox(variables["params"])
+    init = jax.jit(lambda r: nn.meta.unbox(Llama(config).init(r, tokens)["params"]))
+    return init(rng)
 
 
 def abstract_params(config: LlamaConfig):

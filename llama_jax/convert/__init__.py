@@ -1,0 +1,213 @@
+"""Weight conversion: load and save LLaMA checkpoints in three layouts.
+
+- Meta: ``params.json`` + ``consolidated.NN.pth`` (model-parallel shards merged
+  and split the way Meta ships 13B/33B/65B); needs torch.
+- Hugging Face: ``config.json`` + ``model.safetensors`` or a sharded
+  ``model.safetensors.index.json``; the rotary permutation of q/k is undone on
+  load and re-applied on save; no torch needed.
+- This project's orbax model format: ``llama_config.json`` + ``params/``.
+
+A training workdir (with ``checkpoints/``) or an orbax CheckpointManager step
+directory is handed to `llama_jax.checkpoint.load_params`.
+
+    config, params = from_pretrained("/ckpt/llama-7b")            # any layout
+    save_pretrained(config, params, "/out/llama-7b-hf", format="hf")
+
+CLI: ``python -m llama_jax.convert --src=PATH --dst=PATH --dst_format=hf``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from llama_jax.convert.common import (
+    ConversionError,
+    atomic_directory,
+    canonical_params,
+    params_dtype_name,
+    resolve_dtype,
+    stack_layers,
+    to_layout,
+    unstack_layers,
+)
+from llama_jax.convert.hf import load_hf, save_hf
+from llama_jax.convert.meta import check_shardable, load_meta, save_meta
+from llama_jax.convert.orbax_format import is_orbax_model, load_orbax, save_orbax
+from llama_jax.model.config import LlamaConfig
+
+__all__ = [
+    "FORMATS",
+    "ConversionError",
+    "convert_checkpoint",
+    "detect_format",
+    "from_pretrained",
+    "save_pretrained",
+    "stack_layers",
+    "unstack_layers",
+]
+
+FORMATS = ("orbax", "hf", "meta")
+_EXPECTED = ("Meta (params.json + consolidated.NN.pth), Hugging Face (config.json + "
+             "model.safetensors or model.safetensors.index.json), llama_jax orbax "
+             "(llama_config.json + params/), or a training workdir (checkpoints/) / orbax "
+             "checkpoint step directory (_CHECKPOINT_METADATA)")
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    if (path / "checkpoints").is_dir() or (path / "_CHECKPOINT_METADATA").is_file():
+        return True
+    # A CheckpointManager root: numbered step directories.
+    return any(p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").is_file()
+               for p in path.iterdir())
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'orbax', 'training', 'meta' or 'hf' for a checkpoint directory; else raise."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ConversionError(f"{path} is a file; pass the checkpoint directory that holds it")
+    names = {p.name for p in path.iterdir()}
+    if is_orbax_model(path):
+        return "orbax"
+    if _is_training_checkpoint(path):
+        return "training"
+    if "params.json" in names or any(n.startswith("consolidated.") and n.endswith(".pth")
+                                     for n in names):
+        return "meta"
+    if names & {"config.json", "model.safetensors", "model.safetensors.index.json"}:
+        return "hf"
+    listing = sorted(names)[:10] or "nothing"
+    raise ConversionError(f"{path}: unsupported or unknown checkpoint format (found "
+                          f"{listing}); expected {_EXPECTED}")
+
+
+def _load_training(path: Path) -> tuple[LlamaConfig, Any]:
+    try:
+        from llama_jax.checkpoint import load_params
+    except ImportError as e:
+        raise ConversionError(f"{path} is a training checkpoint, which is read by "
+                              f"llama_jax.checkpoint.load_params; importing it failed: {e}") from e
+    return load_params(path)
+
+
+def from_pretrained(
+    path: str | os.PathLike,
+    dtype: Any = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    *,
+    format: str | None = None,
+) -> tuple[LlamaConfig, dict]:
+    """Load a checkpoint of any supported layout as (config, params).
+
+    Args:
+      path: checkpoint directory (Meta, Hugging Face, llama_jax orbax, or a
+        training workdir / checkpoint step directory).
+      dtype: cast every parameter to this dtype ("float32", "bfloat16",
+        "float16"); None keeps the stored dtype. `config.param_dtype` is set
+        to the dtype the params end up in.
+      config_overrides: `LlamaConfig` fields to change after loading (e.g.
+        ``{"max_seq_len": 4096, "scan_layers": False, "dtype": "bfloat16"}``);
+        shape fields must still match the tensors.
+      format: force one of 'meta', 'hf', 'orbax', 'training' instead of detecting.
+
+    Returns:
+      The config and the parameter tree (host numpy arrays from Meta/HF/orbax
+      files) in the layout `config.scan_layers` asks for (scanned by default).
+    """
+    path = Path(path)
+    np_dtype = resolve_dtype(dtype)
+    fmt = format or detect_format(path)
+    loaders = {"meta": load_meta, "hf": load_hf, "orbax": load_orbax}
+    if fmt == "training":
+        config, params = _load_training(path)
+        params = stack_layers(params)
+    elif fmt in loaders:
+        config, params = loaders[fmt](path, np_dtype)
+    else:
+        raise ConversionError(f"format={fmt!r} is not one of {[*loaders, 'training']}")
+
+    stored = params_dtype_name(params)
+    if stored is not None and stored != config.param_dtype:
+        config = config.replace(param_dtype=stored)
+    overrides = dict(config_overrides or {})
+    if np_dtype is not None:
+        if overrides.get("param_dtype", np_dtype.name) != np_dtype.name:
+            raise ConversionError(f"dtype={np_dtype.name!r} conflicts with config_overrides "
+                                  f"param_dtype={overrides['param_dtype']!r}")
+        overrides["param_dtype"] = np_dtype.name
+    try:
+        config = config.replace(**overrides)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"config_overrides={dict(config_overrides or {})} for {path}: "
+                              f"{e}") from e
+    # Overrides must still match the tensors (checks loaders' output too).
+    canonical_params(config, params, params_source=f"the checkpoint {path}",
+                     config_source=f"its config with config_overrides={overrides}")
+    target = resolve_dtype(config.param_dtype)
+    if stored != config.param_dtype:
+        params = jax.tree_util.tree_map(lambda x: x.astype(target), params)
+    return config, to_layout(params, config.scan_layers)
+
+
+def save_pretrained(
+    config: LlamaConfig,
+    params: Mapping[str, Any],
+    path: str | os.PathLike,
+    format: str = "orbax",
+    shards: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """Write `params` (either layout) as a checkpoint directory at `path`.
+
+    Args:
+      config: the model's config (shapes are checked against `params`).
+      params: parameter tree, scanned (`layers`) or not (`layers_0`, ...),
+        numpy or jax arrays; a Flax ``{'params': ...}`` dict is accepted too.
+      path: destination directory. Written into a sibling temp directory and
+        renamed into place, so a failure never leaves a half-written checkpoint.
+      format: 'orbax' (this project), 'hf' (transformers-loadable) or 'meta'.
+      shards: Meta: model-parallel shards, split exactly as Meta does; HF:
+        number of safetensors files (with an index when > 1); orbax: must be 1.
+      overwrite: replace a non-empty existing `path`.
+
+    Returns:
+      `path` as a Path.
+    """
+    if format not in FORMATS:
+        raise ConversionError(f"format={format!r} is not one of {FORMATS}")
+    flat = canonical_params(config, params)
+    if format == "meta":
+        check_shardable(config, shards)
+    elif format == "orbax" and shards != 1:
+        raise ConversionError(f"shards={shards}: the orbax format is never split; use shards=1")
+    writers = {"orbax": lambda d: save_orbax(config, flat, d),
+               "hf": lambda d: save_hf(config, flat, d, shards),
+               "meta": lambda d: save_meta(config, flat, d, shards)}
+    with atomic_directory(path, overwrite) as tmp:
+        writers[format](tmp)
+    return Path(path)
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    dst_format: str,
+    dtype: Any = None,
+    shards: int = 1,
+    overwrite: bool = False,
+) -> LlamaConfig:
+    """Load `src` (any layout) and write it to `dst` as `dst_format`; the config."""
+    if dst_format not in FORMATS:
+        raise ConversionError(f"dst_format={dst_format!r} is not one of {FORMATS}")
+    if Path(src).resolve() == Path(dst).resolve():
+        raise ConversionError(f"src and dst are the same directory ({src})")
+    config, params = from_pretrained(src, dtype=dtype)
+    save_pretrained(config, params, dst, format=dst_format, shards=shards, overwrite=overwrite)
+    return config

@@ -1,0 +1,48 @@
+"""Convert a LLaMA checkpoint between Meta, Hugging Face and llama_jax orbax layouts.
+
+    python -m llama_jax.convert --src=/ckpt/llama-13b --dst=/out/llama-13b-hf \
+        --dst_format=hf [--dtype=bfloat16] [--shards=N] [--overwrite]
+
+The source layout is detected (see `llama_jax.convert.detect_format`).
+`--shards` splits a Meta checkpoint into N model-parallel files (as Meta ships
+13B/33B/65B) or a HF checkpoint into N safetensors files with an index.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from llama_jax.convert import FORMATS, ConversionError, convert_checkpoint
+from llama_jax.model.config import DTYPES
+
+_SRC = flags.DEFINE_string("src", None, "Source checkpoint directory (any layout).")
+_DST = flags.DEFINE_string("dst", None, "Destination directory (created).")
+_DST_FORMAT = flags.DEFINE_enum("dst_format", None, list(FORMATS), "Layout to write.")
+_DTYPE = flags.DEFINE_enum("dtype", None, list(DTYPES),
+                           "Cast parameters to this dtype (default: keep the stored dtype).")
+_SHARDS = flags.DEFINE_integer("shards", 1, "Meta: model-parallel shards; HF: safetensors files.",
+                               lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --dst.")
+
+flags.mark_flags_as_required(["src", "dst", "dst_format"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    try:
+        config = convert_checkpoint(_SRC.value, _DST.value, _DST_FORMAT.value, dtype=_DTYPE.value,
+                                    shards=_SHARDS.value, overwrite=_OVERWRITE.value)
+    except ConversionError as e:  # A user-fixable problem: the message, not a traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.info("wrote %s (%s, %s, %d shard(s)): %s", _DST.value, _DST_FORMAT.value,
+                 config.param_dtype, _SHARDS.value, config)
+    print(f"wrote {_DST.value} as {_DST_FORMAT.value} ({config.param_dtype})")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

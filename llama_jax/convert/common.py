@@ -1,0 +1,388 @@
+"""Shared pieces of weight conversion.
+
+The one rename table between Meta's state dict and our Flax parameter tree,
+shape tables derived from a `LlamaConfig`, key/shape validation with messages
+that name the file and tensor, layer stacking (scanned <-> unscanned layouts),
+dtype helpers (numpy has no bfloat16; `ml_dtypes` provides it) and an atomic
+directory writer.
+
+Meta's layout is the hub: the Hugging Face reader/writer translate names and
+undo/apply the rotary permutation around it, so the mapping to our tree lives
+here only. Meta stores every linear weight as ``[out_features, in_features]``;
+we store ``[in..., out...]`` kernels (see `llama_jax.model.layers.Linear`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from llama_jax.model.config import DTYPES, LlamaConfig
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be read or written as asked (user-fixable)."""
+
+
+# Per-layer tensors: Meta name suffix -> path inside a block of our tree.
+LAYER_TABLE: dict[str, tuple[str, ...]] = {
+    "attention.wq.weight": ("attention", "wq", "kernel"),
+    "attention.wk.weight": ("attention", "wk", "kernel"),
+    "attention.wv.weight": ("attention", "wv", "kernel"),
+    "attention.wo.weight": ("attention", "wo", "kernel"),
+    "feed_forward.w1.weight": ("feed_forward", "w1", "kernel"),
+    "feed_forward.w2.weight": ("feed_forward", "w2", "kernel"),
+    "feed_forward.w3.weight": ("feed_forward", "w3", "kernel"),
+    "attention_norm.weight": ("attention_norm", "scale"),
+    "ffn_norm.weight": ("ffn_norm", "scale"),
+}
+# Model-level tensors: Meta name -> path in our tree.
+GLOBAL_TABLE: dict[str, tuple[str, ...]] = {
+    "tok_embeddings.weight": ("tok_embeddings", "embedding"),
+    "norm.weight": ("norm", "scale"),
+    "output.weight": ("output", "kernel"),
+}
+# Meta names that are linear weights ([out, in] in Meta, transposed in ours).
+LINEAR = {"attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
+          "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w2.weight",
+          "feed_forward.w3.weight", "output.weight"}
+
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
+_UNSCANNED = re.compile(r"^layers_(\d+)$")
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+def resolve_dtype(dtype: Any) -> np.dtype | None:
+    """`None` or a float dtype (name, numpy or jax dtype) as a numpy dtype."""
+    if dtype is None:
+        return None
+    try:
+        resolved = np.dtype(ml_dtypes.bfloat16 if str(dtype) == "bfloat16" else dtype)
+    except TypeError as e:
+        raise ConversionError(f"dtype={dtype!r} is not a dtype; use one of {DTYPES}") from e
+    if resolved.name not in DTYPES:
+        raise ConversionError(f"dtype={dtype!r} is not supported; use one of {DTYPES}")
+    return resolved
+
+
+def torch_to_numpy(tensor) -> np.ndarray:
+    """A CPU torch tensor as a numpy array (bfloat16 via `ml_dtypes`), no copy."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def numpy_to_torch(array: np.ndarray):
+    """A numpy array as a torch tensor that owns a contiguous copy of the data."""
+    import torch
+
+    array = np.array(array, copy=True, order="C")
+    if array.dtype == np.dtype(ml_dtypes.bfloat16):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def params_dtype_name(params: Mapping[str, Any]) -> str | None:
+    """Name of the token-embedding dtype (the model's storage dtype), if supported."""
+    name = np.dtype(params["tok_embeddings"]["embedding"].dtype).name
+    return name if name in DTYPES else None
+
+
+# ----------------------------------------------------------------------------- shapes
+
+def meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Meta state-dict name -> shape for `config` (HF uses the same shapes)."""
+    d, f, v = config.dim, config.ffn_dim, config.vocab_size
+    q, kv = config.n_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    layer = {
+        "attention.wq.weight": (q, d), "attention.wk.weight": (kv, d),
+        "attention.wv.weight": (kv, d), "attention.wo.weight": (d, q),
+        "feed_forward.w1.weight": (f, d), "feed_forward.w2.weight": (d, f),
+        "feed_forward.w3.weight": (f, d),
+        "attention_norm.weight": (d,), "ffn_norm.weight": (d,),
+    }
+    shapes = {"tok_embeddings.weight": (v, d), "norm.weight": (d,), "output.weight": (v, d)}
+    for i in range(config.n_layers):
+        shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
+    return shapes
+
+
+def layer_param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Our per-block parameter path -> shape (without the leading layers axis)."""
+    d, f = config.dim, config.ffn_dim
+    h, kvh, hd = config.n_heads, config.num_kv_heads, config.head_dim
+    return {
+        ("attention", "wq", "kernel"): (d, h, hd),
+        ("attention", "wk", "kernel"): (d, kvh, hd),
+        ("attention", "wv", "kernel"): (d, kvh, hd),
+        ("attention", "wo", "kernel"): (h, hd, d),
+        ("feed_forward", "w1", "kernel"): (d, f),
+        ("feed_forward", "w2", "kernel"): (f, d),
+        ("feed_forward", "w3", "kernel"): (d, f),
+        ("attention_norm", "scale"): (d,),
+        ("ffn_norm", "scale"): (d,),
+    }
+
+
+def param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Our scanned-layout parameter path -> shape for `config`."""
+    shapes = {
+        ("tok_embeddings", "embedding"): (config.vocab_size, config.dim),
+        ("norm", "scale"): (config.dim,),
+        ("output", "kernel"): (config.dim, config.vocab_size),
+    }
+    for path, shape in layer_param_shapes(config).items():
+        shapes[("layers", *path)] = (config.n_layers, *shape)
+    return shapes
+
+
+def check_tensors(
+    found: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[int, ...]],
+    where: Callable[[str], str],
+    config_source: str,
+    ignored: Callable[[str], bool] = lambda name: False,
+) -> None:
+    """Raise `ConversionError` on unknown, missing or mis-shaped tensors.
+
+    Args:
+      found: tensor name -> shape as stored.
+      expected: tensor name -> shape the config implies.
+      where: tensor name -> the file that holds it (for messages).
+      config_source: the file the config came from (for messages).
+      ignored: names that may be present and are skipped (e.g. `rope.freqs`).
+    """
+    unknown = sorted(n for n in found if n not in expected and not ignored(n))
+    missing = sorted(n for n in expected if n not in found)
+    problems = []
+    if unknown:
+        problems.append(f"unknown tensors {_short_list(unknown)} in {where(unknown[0])}")
+    if missing:
+        problems.append(f"missing tensors {_short_list(missing)}")
+    for name, shape in found.items():
+        want = expected.get(name)
+        if want is not None and tuple(shape) != tuple(want):
+            problems.append(f"tensor {name!r} in {where(name)} has shape {tuple(shape)} "
+                            f"but {config_source} implies {tuple(want)}")
+    if problems:
+        raise ConversionError("; ".join(problems) + f" (checkpoint config: {config_source})")
+
+
+def _short_list(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return f"[{shown}{more}]"
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def is_scanned(params: Mapping[str, Any]) -> bool:
+    """True for the `layers` (stacked) layout, False for `layers_0`, `layers_1`, ..."""
+    return "layers" in params
+
+
+def stack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`layers_0`, `layers_1`, ... -> one `layers` subtree with a leading axis.
+
+    A tree that is already stacked is returned as a shallow copy. Works on
+    numpy and jax arrays (jax arrays are stacked with `jnp.stack`).
+    """
+    if is_scanned(params):
+        return dict(params)
+    indices = sorted(int(m.group(1)) for k in params if (m := _UNSCANNED.match(k)))
+    if not indices:
+        raise ConversionError("params have neither 'layers' nor 'layers_0', ... subtrees; "
+                              f"top-level keys are {sorted(params)}")
+    if indices != list(range(len(indices))):
+        raise ConversionError(f"unscanned layers are not numbered 0..{len(indices) - 1}: "
+                              f"found {indices}")
+    blocks = [params[f"layers_{i}"] for i in indices]
+
+    def stack(*xs):
+        if any(isinstance(x, jax.Array) for x in xs):
+            return jax.numpy.stack(xs)  # [layers, ...]
+        return np.stack(xs)  # [layers, ...]
+
+    out = {k: v for k, v in params.items() if not _UNSCANNED.match(k)}
+    out["layers"] = jax.tree_util.tree_map(stack, *blocks)
+    return out
+
+
+def unstack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
+    """One stacked `layers` subtree -> `layers_0`, `layers_1`, ... (views, no copy)."""
+    if not is_scanned(params):
+        return dict(params)
+    layers = params["layers"]
+    n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(n):
+        out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], layers)
+    return out
+
+
+def to_layout(params: Mapping[str, Any], scan_layers: bool) -> dict[str, Any]:
+    """`params` in the scanned (`scan_layers=True`) or unscanned layout."""
+    return stack_layers(params) if scan_layers else unstack_layers(params)
+
+
+def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested dicts -> {path tuple: leaf}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, (*prefix, key)))
+        else:
+            flat[(*prefix, key)] = value
+    return flat
+
+
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """{path tuple: leaf} -> nested dicts."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def canonical_params(
+    config: LlamaConfig,
+    params: Mapping[str, Any],
+    params_source: str = "the params passed in",
+    config_source: str = "the LlamaConfig passed in",
+) -> dict[tuple[str, ...], Any]:
+    """Validate `params` (either layout) against `config`; flat scanned tree.
+
+    Raises `ConversionError` listing unknown/missing parameters or naming a
+    parameter whose shape does not match the config (the two sources name
+    where params and config came from in that message).
+    """
+    params = dict(params)
+    if "params" in params and len(params) == 1:
+        params = dict(params["params"])  # A Flax variables dict.
+    flat = flatten(stack_layers(params))
+    expected = param_shapes(config)
+    found = {"/".join(p): tuple(np.shape(x)) for p, x in flat.items()}
+    check_tensors(found, {"/".join(p): s for p, s in expected.items()},
+                  where=lambda name: params_source, config_source=config_source)
+    return flat
+
+
+# ----------------------------------------------------------------------------- Meta <-> ours
+
+def meta_to_params(
+    config: LlamaConfig,
+    take: Callable[[str], np.ndarray],
+    dtype: np.dtype | None = None,
+) -> dict[str, Any]:
+    """Build our scanned param tree (numpy) from Meta-named, Meta-shaped tensors.
+
+    Args:
+      config: the model shape; tensors must already have been shape-checked.
+      take: Meta name -> array; called once per name (it may drop its copy).
+      dtype: cast every tensor to this dtype (None keeps the stored dtype).
+    """
+    def convert(name: str, suffix: str, array: np.ndarray, shape: tuple[int, ...]):
+        array = np.asarray(array)
+        if suffix in LINEAR:
+            array = array.T  # [in, out]
+        array = array.reshape(shape)
+        return array.astype(dtype or array.dtype, copy=False)
+
+    shapes = param_shapes(config)
+    flat = {}
+    for name, path in GLOBAL_TABLE.items():
+        # Always a copy: never hand out views of memory-mapped checkpoint files.
+        flat[path] = np.array(convert(name, name, take(name), shapes[path]), order="C")
+    for suffix, path in LAYER_TABLE.items():
+        full = shapes[("layers", *path)]  # [layers, ...]
+        stacked = None
+        for i in range(config.n_layers):
+            layer = convert(f"layers.{i}.{suffix}", suffix, take(f"layers.{i}.{suffix}"), full[1:])
+            if stacked is None:
+                stacked = np.empty(full, layer.dtype)
+            stacked[i] = layer
+        flat[("layers", *path)] = stacked
+    return unflatten(flat)
+
+
+def params_to_meta(
+    config: LlamaConfig, flat: Mapping[tuple[str, ...], Any]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (Meta name, contiguous [out, in] numpy array) from a canonical tree.
+
+    `flat` is the output of `canonical_params`. Order follows Meta's files:
+    embeddings, final norm, output, then layer by layer.
+    """
+    shapes = meta_shapes(config)
+
+    def convert(name: str, suffix: str, array) -> np.ndarray:
+        array = np.asarray(jax.device_get(array))
+        shape = shapes[name]
+        if suffix in LINEAR:
+            array = array.reshape(shape[1], shape[0]).T  # [out, in]
+        return np.ascontiguousarray(array.reshape(shape))
+
+    for name, path in GLOBAL_TABLE.items():
+        yield name, convert(name, name, flat[path])
+    for i in range(config.n_layers):
+        for suffix, path in LAYER_TABLE.items():
+            yield f"layers.{i}.{suffix}", convert(f"layers.{i}.{suffix}", suffix,
+                                                  flat[("layers", *path)][i])
+
+
+def split_layer_key(name: str) -> tuple[int, str] | None:
+    """'layers.3.attention.wq.weight' -> (3, 'attention.wq.weight'); else None."""
+    m = _LAYER_KEY.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+# ----------------------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temp directory that replaces `path` only on success.
+
+    The temp directory is a sibling of `path` (same filesystem, so the final
+    rename is atomic). On an exception it is removed and `path` is untouched.
+    A non-empty existing `path` is refused unless `overwrite`.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ConversionError(f"destination {path} exists and is not a directory")
+        if any(path.iterdir()) and not overwrite:
+            raise ConversionError(f"destination {path} is not empty; choose another path or "
+                                  "pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.chmod(0o755)
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        path.rename(old)
+    tmp.rename(path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

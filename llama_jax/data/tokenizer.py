@@ -1,0 +1,323 @@
+"""SentencePiece BPE tokenizer, trained and loaded the LLaMA way.
+
+The paper (Section 2.1): "We tokenize the data with the byte-pair encoding
+(BPE) algorithm, using the implementation from SentencePiece. Notably, we split
+all numbers into individual digits, and fallback to bytes to decompose unknown
+UTF-8 characters." `train_tokenizer` mirrors the trainer spec of Meta's released
+`tokenizer.model`: BPE, `split_digits`, `byte_fallback`, the `identity`
+normaliser with no whitespace squashing (so code and runs of spaces, tabs and
+blank lines round-trip exactly), and the special ids unk=0, bos=1, eos=2, no pad
+piece. `Tokenizer.load` reads that file or any other LLaMA-compatible
+`tokenizer.model`.
+
+CLI (train from sources; see `llama_jax.data.sources.source_from_arg`)::
+
+    python -m llama_jax.data.tokenizer --sources=/data/code,/data/books.jsonl \
+        --vocab_size=32000 --out=/models/tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+# Meta's trainer spec for LLaMA's tokenizer.model (read from the released file).
+LLAMA_TRAINER_SPEC = dict(
+    model_type="bpe",
+    character_coverage=0.99995,
+    split_digits=True,
+    byte_fallback=True,
+    split_by_unicode_script=True,
+    split_by_number=True,
+    split_by_whitespace=True,
+    allow_whitespace_only_pieces=True,
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=True,
+    unk_id=UNK_ID,
+    bos_id=BOS_ID,
+    eos_id=EOS_ID,
+    pad_id=-1,
+)
+
+
+class Tokenizer:
+    """A SentencePiece model with LLaMA's conventions; picklable (ships its proto).
+
+    Build with `Tokenizer.load(path)` or `Tokenizer.from_proto(bytes)`.
+    """
+
+    def __init__(self, model_proto: bytes, path: str | None = None):
+        self._proto = bytes(model_proto)
+        self.path = path
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(self._proto)
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError variants
+            where = f" at {path}" if path else ""
+            raise ValueError(f"Tokenizer: the SentencePiece model{where} is not a valid model file ({e}); "
+                             "train one with `python -m llama_jax.data.tokenizer` or point to a LLaMA "
+                             "tokenizer.model") from e
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Loads a SentencePiece `.model` file (ours or Meta's `tokenizer.model`)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.model")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Tokenizer: no SentencePiece model at {path!r}. Train one with "
+                "`python -m llama_jax.data.tokenizer --sources=... --vocab_size=... --out=PREFIX` "
+                "or build the default corpus and tokenizer with `python -m llama_jax.data.corpus`.")
+        with open(path, "rb") as f:
+            return cls(f.read(), path=path)
+
+    @classmethod
+    def from_proto(cls, model_proto: bytes) -> Tokenizer:
+        """Builds a tokenizer from serialized model bytes."""
+        return cls(model_proto)
+
+    def __getstate__(self):
+        return {"proto": self._proto, "path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["proto"], path=state["path"])
+
+    def __repr__(self):
+        return f"Tokenizer(vocab_size={self.vocab_size}, path={self.path!r})"
+
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized SentencePiece model."""
+        return self._proto
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.GetPieceSize()
+
+    @property
+    def bos_id(self) -> int:
+        return self._sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self._sp.eos_id()
+
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
+    @property
+    def pad_id(self) -> int:
+        """The id written at padded positions: the model's pad piece, else unk (LLaMA has none).
+
+        Padded positions always carry `segment_ids == 0` and `loss_mask == 0`,
+        so the value never reaches the loss.
+        """
+        pad = self._sp.pad_id()
+        return pad if pad >= 0 else self.unk_id
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of `text`, optionally framed by bos/eos."""
+        if not isinstance(text, str):
+            raise TypeError(f"Tokenizer.encode expects str, got {type(text).__name__}")
+        ids = self._sp.EncodeAsIds(text)
+        if bos:
+            ids.insert(0, self.bos_id)
+        if eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False,
+                     num_threads: int = -1) -> list[list[int]]:
+        """Encodes many texts at once (SentencePiece's C++ threads, GIL released)."""
+        batch = self._sp.EncodeAsIds(list(texts), num_threads=num_threads)
+        pre = [self.bos_id] if bos else []
+        post = [self.eos_id] if eos else []
+        return [pre + ids + post for ids in batch]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; control ids (bos, eos, pad) are dropped, unknown ids raise."""
+        ids = [int(i) for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)]
+        n = self.vocab_size
+        bad = [i for i in ids if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"Tokenizer.decode: ids {bad[:5]} are outside the vocabulary [0, {n})")
+        return self._sp.DecodeIds([i for i in ids if not self._sp.IsControl(i)])
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The SentencePiece piece string of one id (e.g. '▁the', '<0x0A>')."""
+        return self._sp.IdToPiece(int(token_id))
+
+    def is_byte(self, token_id: int) -> bool:
+        """Whether `token_id` is a byte-fallback piece ('<0x..>')."""
+        return bool(self._sp.IsByte(int(token_id)))
+
+
+def _iter_input_texts(inputs) -> Iterator[str]:
+    """Texts from a mix of file paths (os.PathLike), document sources, and strings."""
+    if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "__getitem__") and hasattr(inputs, "name"):
+        inputs = [inputs]
+    for item in inputs:
+        if isinstance(item, os.PathLike):
+            path = os.fspath(item)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    yield f.read()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"train_tokenizer: input file {path!r} does not exist") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"train_tokenizer: {path!r} is not UTF-8 text ({e})") from None
+        elif isinstance(item, str):
+            yield item
+        elif hasattr(item, "__len__") and hasattr(item, "__getitem__"):  # a DocumentSource
+            for i in range(len(item)):
+                yield item[i]
+        else:
+            raise TypeError(f"train_tokenizer: cannot read input of type {type(item).__name__}; pass "
+                            "pathlib.Path files, str texts, or llama_jax.data.sources document sources")
+
+
+def _sentences(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+    """SentencePiece trains on lines: split documents at newlines, chunk overlong lines."""
+    for text in texts:
+        for line in text.split("\n"):
+            if not line.strip():
+                continue
+            for start in range(0, len(line), max_chars):
+                yield line[start:start + max_chars]
+
+
+def train_tokenizer(
+    inputs,
+    model_prefix: str | os.PathLike,
+    vocab_size: int,
+    *,
+    max_sentences: int = 5_000_000,
+    max_sentence_length: int = 4192,
+    num_threads: int | None = None,
+    seed: int = 0,
+    **spm_overrides,
+) -> Tokenizer:
+    """Trains a LLaMA-style SentencePiece BPE model; writes `{model_prefix}.model` and `.vocab`.
+
+    Args:
+      inputs: texts to learn from: `pathlib.Path` files (UTF-8), `str` texts, or
+        document sources from `llama_jax.data.sources` (or a list mixing them).
+      model_prefix: output path prefix; written atomically (temp file + rename).
+      vocab_size: number of pieces, including unk/bos/eos and the 256 byte pieces.
+      max_sentences: SentencePiece `input_sentence_size` (a seeded sample of
+        lines when the input has more).
+      max_sentence_length: longest line in bytes; longer lines are cut into chunks.
+      num_threads: trainer threads (default: all cores).
+      seed: seeds SentencePiece's sampling so training is reproducible.
+      **spm_overrides: any other SentencePiece trainer option (overrides
+        `LLAMA_TRAINER_SPEC`).
+
+    Returns:
+      The trained `Tokenizer`.
+    """
+    min_vocab = 3 + 256 + 1
+    if not isinstance(vocab_size, int) or vocab_size < min_vocab:
+        raise ValueError(f"train_tokenizer: vocab_size={vocab_size!r} must be an int >= {min_vocab} "
+                         "(3 special + 256 byte-fallback pieces + at least one merge)")
+    model_prefix = os.fspath(model_prefix)
+    out_dir = os.path.dirname(os.path.abspath(model_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    spec = dict(LLAMA_TRAINER_SPEC)
+    spec.update(vocab_size=vocab_size, input_sentence_size=max_sentences, shuffle_input_sentence=True,
+                max_sentence_length=max_sentence_length, num_threads=num_threads or os.cpu_count() or 1,
+                minloglevel=2)
+    spec.update(spm_overrides)
+    sentences = _sentences(_iter_input_texts(inputs), max_chars=max_sentence_length // 4)
+    first = next(sentences, None)
+    if first is None:
+        raise ValueError("train_tokenizer: the inputs hold no text (every document is empty)")
+
+    def all_sentences():
+        yield first
+        yield from sentences
+
+    spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=all_sentences(), model_writer=model, **spec)
+    except RuntimeError as e:
+        msg = str(e)
+        if "required_chars" in msg:
+            hint = (" vocab_size must hold the 3 special and 256 byte pieces plus every character kept by "
+                    "character_coverage: raise vocab_size or lower character_coverage.")
+        elif "vocab" in msg.lower():
+            hint = " The text is too small for this vocabulary: lower vocab_size or add data."
+        else:
+            hint = ""
+        raise ValueError(f"train_tokenizer: SentencePiece failed: {msg}.{hint}") from e
+    tok = Tokenizer(model.getvalue(), path=model_prefix + ".model")
+    _atomic_write(model_prefix + ".model", tok.model_proto)
+    vocab = "".join(f"{tok.id_to_piece(i)}\t{tok._sp.GetScore(i)}\n" for i in range(tok.vocab_size))
+    _atomic_write(model_prefix + ".vocab", vocab.encode("utf-8"))
+    return tok
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Writes `data` to `path` via a temp file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: train a tokenizer from sources (paths, folders, globs, .jsonl, .array_record)."""
+    from llama_jax.data import sources as sources_lib
+
+    parser = argparse.ArgumentParser(prog="python -m llama_jax.data.tokenizer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", required=True,
+                        help="comma-separated sources: text files/folders/globs, *.jsonl, *.array_record, "
+                             "or KIND=PATH (kinds: text, jsonl, array_record, tfds)")
+    parser.add_argument("--vocab_size", type=int, required=True)
+    parser.add_argument("--out", required=True, help="output prefix; writes OUT.model and OUT.vocab")
+    parser.add_argument("--field", default="text", help="JSON field holding the text (jsonl sources)")
+    parser.add_argument("--max_sentences", type=int, default=5_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    try:
+        srcs = [sources_lib.build_source(sources_lib.source_from_arg(a, field=args.field))
+                for a in args.sources.split(",") if a]
+        tok = train_tokenizer(srcs, args.out, args.vocab_size, max_sentences=args.max_sentences, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    took = time.perf_counter() - start
+    docs = sum(len(s) for s in srcs)
+    print(f"trained {tok.path}: vocab_size={tok.vocab_size} from {docs} documents in {took:.1f}s")
+    sample = "def f(x):\n\treturn 12345  # ok"
+    print(f"sample {sample!r} -> {[tok.id_to_piece(i) for i in tok.encode(sample)]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

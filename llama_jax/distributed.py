@@ -1,0 +1,137 @@
+"""Multi-process start-up: JAX's distributed runtime, driven by config or env.
+
+One process per host (or per GPU) runs the same program; `initialize` joins
+them through `jax.distributed.initialize` before any JAX computation. With
+no arguments it initialises only when the environment names a multi-process
+job (JAX's own variables, SLURM, Open MPI, a multi-host TPU slice) and lets
+JAX auto-detect the rest; a single process is a no-op, so the same training
+script runs on a laptop. After it, build the mesh with
+`llama_jax.sharding.mesh_from_config` (hosts go on the slow DCN axes) and
+give each process only its share of the global batch
+(`sharding.process_batch_slices` -> `step.global_batch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+# Environment variables that mean "this is one process of a multi-process job".
+_JAX_ENV = "JAX_COORDINATOR_ADDRESS"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process sits in the job."""
+
+    process_index: int
+    process_count: int
+    local_device_count: int
+    device_count: int
+
+
+def process_info() -> ProcessInfo:
+    """This process's index, the process count and the device counts."""
+    return ProcessInfo(jax.process_index(), jax.process_count(),
+                       jax.local_device_count(), jax.device_count())
+
+
+def _int_env(*names: str) -> int | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            try:
+                return int(value.split("(")[0])
+            except ValueError:
+                continue
+    return None
+
+
+def detected_cluster() -> str | None:
+    """The multi-process launcher the environment names, or None.
+
+    JAX's own `JAX_COORDINATOR_ADDRESS`; SLURM with more than one task;
+    Open MPI with more than one rank; a TPU slice with several workers.
+    """
+    if os.environ.get(_JAX_ENV):
+        return "jax"
+    if os.environ.get("SLURM_JOB_ID") and (_int_env("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or 1) > 1:
+        return "slurm"
+    if (_int_env("OMPI_COMM_WORLD_SIZE") or 1) > 1:
+        return "ompi"
+    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get(
+            "MEGASCALE_COORDINATOR_ADDRESS"):
+        return "tpu"
+    return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None,
+               local_device_ids: int | Sequence[int] | None = None, *,
+               initialization_timeout: int = 300) -> ProcessInfo:
+    """Join the multi-process job, or do nothing for a single process.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0's coordinator; None lets
+        JAX read `JAX_COORDINATOR_ADDRESS` or detect SLURM / Open MPI / TPU.
+      num_processes: total processes; 1 means single-process (no-op).
+      process_id: this process's index in ``[0, num_processes)``.
+      local_device_ids: the accelerators this process drives (GPU per process).
+      initialization_timeout: seconds to wait for all processes.
+
+    Returns:
+      This process's `ProcessInfo` (after initialisation).
+
+    With more than one process, CPU collectives are set to gloo
+    (``jax_cpu_collectives_implementation``) first, so CPU-only jobs (and
+    tests) can all-reduce across processes; the setting only affects the CPU
+    backend.
+    """
+    if jax.distributed.is_initialized():
+        return process_info()
+    explicit = coordinator_address is not None or (num_processes or 1) > 1
+    if num_processes == 1 or (not explicit and detected_cluster() is None):
+        return process_info()
+    if explicit and (coordinator_address is None or num_processes is None
+                     or process_id is None) and detected_cluster() is None:
+        raise ValueError(
+            "distributed.initialize: outside SLURM / Open MPI / TPU, give all of "
+            f"coordinator_address ({coordinator_address!r}), num_processes "
+            f"({num_processes!r}) and process_id ({process_id!r})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids,
+                               initialization_timeout=initialization_timeout)
+    return process_info()
+
+
+def initialize_from_config(dist_cfg: Any = None) -> ProcessInfo:
+    """`initialize` with keys `coordinator_address`, `num_processes`,
+    `process_id`, `local_device_ids` read from a config part (a mapping or an
+    ml_collections ConfigDict; missing or None keys fall back to the env)."""
+
+    def get(key):
+        if dist_cfg is None:
+            return None
+        if hasattr(dist_cfg, "get"):
+            return dist_cfg.get(key, None)
+        return getattr(dist_cfg, key, None)
+
+    ids = get("local_device_ids")
+    if isinstance(ids, str):
+        ids = [int(i) for i in ids.split(",") if i.strip()]
+    return initialize(coordinator_address=get("coordinator_address") or None,
+                      num_processes=get("num_processes") or None,
+                      process_id=get("process_id"),
+                      local_device_ids=ids or None)
+
+
+def shutdown() -> None:
+    """Leave the distributed runtime (a no-op when it was never started)."""
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()

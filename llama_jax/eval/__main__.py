@@ -1,0 +1,117 @@
+"""Evaluate a checkpoint on the paper's benchmarks.
+
+    python -m llama_jax.eval --checkpoint=/ckpt/llama-7b --tokenizer=/ckpt/tokenizer.model \
+        --tasks=hellaswag,arc_easy,boolq,naturalqs:5 --data_dir=/data/eval \
+        --output=results.json
+
+`--checkpoint` takes every layout `llama_jax.from_pretrained` reads (Meta, Hugging
+Face, llama_jax orbax, a training workdir). Each task reads its data set's
+published files from ``--data_dir/<task>/`` (see docs/eval.md). Writes the JSON
+results (rewritten after each task) and a markdown table beside the paper's
+numbers for the nearest LLaMA size (``--markdown``, default: output with .md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
+flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: <checkpoint>/tokenizer.model).")
+flags.DEFINE_string("tasks", None, "Comma-separated tasks, each 'name' or 'name:shots'.")
+flags.DEFINE_string("data_dir", None, "Root holding one folder of published data files per task.")
+flags.DEFINE_integer("num_fewshot", None, "Shots for every task (default: the paper's per task).")
+flags.DEFINE_integer("limit", None, "Evaluate only the first N examples of each task.")
+flags.DEFINE_string("output", "results.json", "Where to write the JSON results.")
+flags.DEFINE_string("markdown", None, "Where to write the markdown table (default: output with .md).")
+flags.DEFINE_integer("batch_size", 8, "Rows per compiled scoring / generation batch.")
+flags.DEFINE_integer("max_len", None, "Longest scored sequence (default: the model's max_seq_len).")
+flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                  "Cast weights and compute to this dtype (default: as stored).")
+flags.DEFINE_integer("seed", 0, "Seed for few-shot sampling and generation.")
+flags.DEFINE_integer("gsm8k_samples", 1, "k for GSM8K maj1@k (1: greedy; the paper: 100).")
+flags.DEFINE_float("gsm8k_temperature", 0.6, "Sampling temperature when gsm8k_samples > 1.")
+flags.DEFINE_integer("code_samples", 1, "Samples per HumanEval/MBPP problem (n of pass@k).")
+flags.DEFINE_float("code_temperature", None, "Code sampling temperature (default: greedy if n=1, else 0.1).")
+flags.DEFINE_integer("max_gen_tokens", None, "Override every generative task's max new tokens.")
+flags.DEFINE_integer("sandbox_workers", 4, "Generated programs run at once.")
+flags.DEFINE_float("sandbox_timeout_s", 10.0, "Wall-clock limit per generated program.")
+flags.DEFINE_string("perplexity_corpus", None,
+                    "For the perplexity task: 'embedded', a corpus root or a training config "
+                    ".py file; scores that data's held-out split.")
+flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSON.")
+
+
+def main(argv):
+    """Parse flags, load the model, run the tasks, write JSON + markdown."""
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for name in ("checkpoint", "tasks"):
+        if not getattr(FLAGS, name):
+            raise app.UsageError(f"--{name} is required")
+    from llama_jax.eval import placement, report
+    from llama_jax.eval.runner import build_context, evaluate
+    from llama_jax.eval.tasks import DataError, parse_task_list
+
+    specs = parse_task_list(FLAGS.tasks, FLAGS.num_fewshot)
+    needs_data = any(t.name != "perplexity" for t, _ in specs) or not FLAGS.perplexity_corpus
+    if needs_data and not FLAGS.data_dir:
+        raise app.UsageError("--data_dir is required (one folder of data files per task)")
+    import llama_jax
+    from llama_jax.data.sources import DataError as SourceDataError
+    from llama_jax.data.tokenizer import Tokenizer
+
+    tok_path = FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model")
+    try:
+        tokenizer = Tokenizer.load(tok_path)
+        overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else None
+        config, params = llama_jax.from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
+                                                   config_overrides=overrides)
+    except (OSError, ValueError) as e:  # missing files, bad checkpoint (ConversionError)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    num_params = llama_jax.count_params(config)
+    ctx = build_context(
+        config, params, tokenizer, mesh=placement.parse_mesh(FLAGS.mesh),
+        batch_size=FLAGS.batch_size, max_len=FLAGS.max_len, seed=FLAGS.seed,
+        options=dict(gsm8k_samples=FLAGS.gsm8k_samples, gsm8k_temperature=FLAGS.gsm8k_temperature,
+                     code_samples=FLAGS.code_samples, code_temperature=FLAGS.code_temperature,
+                     sandbox_workers=FLAGS.sandbox_workers, max_gen_tokens=FLAGS.max_gen_tokens,
+                     sandbox_timeout_s=FLAGS.sandbox_timeout_s,
+                     perplexity_corpus=FLAGS.perplexity_corpus))
+    del params  # the context holds the parameters on the mesh; free the host copy
+    from llama_jax.eval import paper_results
+
+    meta = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "tokenizer": os.path.abspath(tok_path),
+            "num_params": num_params, "paper_size": paper_results.nearest_size(num_params),
+            "config": config.to_dict(), "limit": FLAGS.limit, "seed": FLAGS.seed}
+    md_path = FLAGS.markdown or os.path.splitext(FLAGS.output)[0] + ".md"
+
+    def save(results):
+        report.write_json({"model": meta, "results": results}, FLAGS.output)
+        with open(md_path, "w", encoding="utf-8") as f:
+            f.write(report.markdown_table(results, num_params) + "\n")
+
+    try:
+        results = evaluate(ctx, specs, FLAGS.data_dir or "", limit=FLAGS.limit,
+                           keep_predictions=FLAGS.log_samples, on_result=save)
+    except (DataError, SourceDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.markdown_table(results, num_params))
+    print(f"\nwrote {FLAGS.output} and {md_path}")
+    return 0
+
+
+def run():
+    """Console entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,349 @@
+"""Batched sampling with a KV cache: a jitted prefill and a jitted decode loop.
+
+Prompts are left-padded to a length bucket: padding has segment id 0 and real
+tokens segment id 1 (the model's attention masks by segment), and positions
+start at 0 at each prompt's first real token. The prefill writes the prompt's
+keys and values into the cache (`llama_jax.init_cache`); the decode loop is a
+`lax.while_loop` inside jit that samples one token per step (greedy,
+temperature, top-k, top-p) and feeds it back through `Llama(decode=True)`.
+
+The loop runs in chunks of `chunk_size` steps: between chunks the host checks
+stop strings (which need the tokenizer) and marks rows done; the loop also
+stops early once every row is done (EOS or stop string). Each (prompt, sample)
+row gets its own random stream keyed by the prompt's tokens and the sample
+index (`row_keys`), so results do not depend on how rows are batched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from llama_jax import sharding
+from llama_jax.eval import placement
+from llama_jax.model import Llama, LlamaConfig, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen.
+
+    Attributes:
+      temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+      top_k: keep only the k most likely tokens (0: off).
+      top_p: keep the smallest set of tokens whose probability reaches top_p
+        (1.0: off).
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 turns it off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        """True when the temperature is 0 (argmax decoding)."""
+        return self.temperature == 0.0
+
+
+GREEDY = SamplingConfig()
+
+
+def sample_logits(logits: jax.Array, keys: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    """One token id per row of `logits` [batch, vocab]; `keys` is [batch] keys."""
+    if sampling.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / sampling.temperature
+    if sampling.top_k:
+        k = min(sampling.top_k, logits.shape[-1])
+        kth = jax.lax.top_k(logits, k)[0][:, -1:]  # [batch, 1]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # [batch, vocab], descending
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
+        keep = before < sampling.top_p  # the most likely token is always kept
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+class Generator:
+    """Generates continuations of token prompts under one model, on one mesh.
+
+    Args:
+      config: the model config.
+      params: parameters for `config`.
+      mesh / rules: where to run (default: all devices on `fsdp`).
+      batch_size: rows per compiled batch (rounded up to the batch split).
+      prompt_buckets: allowed padded prompt lengths (default: powers of two).
+      chunk_size: decode steps per jitted call between stop-string checks.
+    """
+
+    def __init__(self, config: LlamaConfig, params, *, mesh: Mesh | None = None,
+                 rules: sharding.Rules = sharding.DEFAULT_RULES, batch_size: int = 8,
+                 prompt_buckets: Sequence[int] | None = None, chunk_size: int = 32):
+        self.config = config
+        self.mesh = mesh if mesh is not None else placement.default_mesh()
+        self.rules = rules
+        self.batch_size = placement.round_batch(batch_size, self.mesh, rules)
+        self.params = placement.place_params(config, params, self.mesh, rules)
+        self.prompt_buckets = tuple(sorted(prompt_buckets or (16, 32, 64, 128, 256, 512,
+                                                              1024, 2048, 4096, 8192)))
+        self.chunk_size = int(chunk_size)
+        self.trace_count = {"prefill": 0, "decode": 0}
+        self._model = Llama(config, decode=True)
+        self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len",))
+        self._decode = jax.jit(self._decode_fn, static_argnames=("sampling",),
+                               donate_argnums=(1,))
+
+    # ----- traced functions -------------------------------------------------
+    def _prefill_fn(self, params, tokens, positions, segment_ids, *, cache_len):
+        self.trace_count["prefill"] += 1
+        cache = init_cache(self.config, tokens.shape[0], cache_len)
+        logits, mutated = self._model.apply(
+            {"params": params, "cache": cache}, tokens, positions=positions,
+            segment_ids=segment_ids, mutable=["cache"])  # [batch, len, vocab]
+        return logits[:, -1], mutated["cache"]
+
+    def _decode_fn(self, params, state, keys, stop_at, eos_id, *, sampling):
+        """Sample until step == stop_at or every row is done."""
+        self.trace_count["decode"] += 1
+
+        def cond(s):
+            return (s["step"] < stop_at) & ~jnp.all(s["done"])
+
+        def body(s):
+            step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, s["step"])
+            tok = sample_logits(s["logits"], step_keys, sampling)  # [batch]
+            tok = jnp.where(s["done"], 0, tok)
+            out = jax.lax.dynamic_update_slice(s["out"], tok[:, None], (0, s["step"]))
+            done = s["done"] | (tok == eos_id)
+            logits, mutated = self._model.apply(
+                {"params": params, "cache": s["cache"]}, tok[:, None],
+                positions=s["pos"][:, None],
+                segment_ids=jnp.ones_like(tok)[:, None], mutable=["cache"])  # [batch, 1, vocab]
+            return dict(cache=mutated["cache"], logits=logits[:, 0], pos=s["pos"] + 1,
+                        done=done, out=out, step=s["step"] + 1)
+
+        return jax.lax.while_loop(cond, body, state)
+
+    # ----- host side ----------------------------------------------------------
+    def _bucket(self, n: int) -> int:
+        for b in self.prompt_buckets:
+            if n <= b:
+                return b
+        return n
+
+    def generate_tokens(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        sampling: SamplingConfig = GREEDY,
+        num_samples: int = 1,
+        eos_id: int | None = None,
+        seed: int = 0,
+        is_finished: Callable[[int, list[int]], bool] | None = None,
+    ) -> list[list[list[int]]]:
+        """Continuations of token `prompts`.
+
+        Args:
+          prompts: token id lists (include BOS yourself if the model wants it).
+          max_new_tokens: most tokens generated per row.
+          sampling: greedy / temperature / top-k / top-p.
+          num_samples: continuations per prompt.
+          eos_id: a row stops after producing it (it is not returned).
+          seed: base of the per-row random streams.
+          is_finished: called between chunks with a row's prompt index and its
+            tokens so far; True stops that row (used for stop strings).
+
+        Returns:
+          ``out[prompt][sample]`` = the generated token ids.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        if num_samples < 1:
+            raise ValueError(f"num_samples={num_samples} must be >= 1")
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS)")
+        rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
+        # Long prompts first, so a batch's prompts share a bucket.
+        rows.sort(key=lambda r: -len(prompts[r[0]]))
+        result: list[list[list[int]]] = [[[] for _ in range(num_samples)] for _ in prompts]
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            outs = self._generate_batch([list(prompts[p]) for p, _ in chunk], chunk,
+                                        max_new_tokens, sampling, eos_id, seed, is_finished)
+            for (p, s), toks in zip(chunk, outs, strict=True):
+                result[p][s] = toks
+        return result
+
+    def _generate_batch(self, prompts, row_ids, max_new, sampling, eos_id, seed, is_finished):
+        cfg = self.config
+        b = self.batch_size
+        n_real = len(prompts)
+        prompts = prompts + [[0]] * (b - n_real)  # dummy rows keep shapes fixed
+        length = self._bucket(max(len(p) for p in prompts))
+        cache_len = length + max_new  # cache slots; positions stay below max_seq_len
+        longest = max(len(p) for p in prompts[:n_real])
+        if longest + max_new > cfg.max_seq_len:
+            raise ValueError(
+                f"a prompt of {longest} tokens + max_new_tokens {max_new} exceeds the "
+                f"model's max_seq_len={cfg.max_seq_len}; shorten the prompt or generate "
+                "fewer tokens")
+        tokens = np.zeros((b, length), np.int32)
+        positions = np.zeros((b, length), np.int32)
+        segs = np.zeros((b, length), np.int32)
+        for r, p in enumerate(prompts):
+            n = len(p)
+            tokens[r, length - n:] = p
+            positions[r, length - n:] = np.arange(n)
+            segs[r, length - n:] = 1
+        keys = row_keys(seed, prompts[:n_real], [s for _, s in row_ids], b)
+        bs2 = placement.batch_sharding(self.mesh, self.rules, 2)
+        with sharding.activate(self.mesh, self.rules):
+            logits, cache = self._prefill(self.params,
+                                          *jax.device_put((tokens, positions, segs), bs2),
+                                          cache_len=cache_len)
+            done = np.zeros((b,), bool)
+            done[n_real:] = True
+            state = dict(cache=cache, logits=logits,
+                         pos=jnp.asarray([len(p) for p in prompts], jnp.int32),
+                         done=jnp.asarray(done), out=jnp.zeros((b, max_new), jnp.int32),
+                         step=jnp.asarray(0, jnp.int32))
+            eos = jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32)
+            step = 0
+            ends = [None] * n_real  # where a row stopped on `is_finished`
+            while step < max_new:
+                stop_at = min(step + self.chunk_size, max_new)
+                state = self._decode(self.params, state, keys, jnp.asarray(stop_at, jnp.int32),
+                                     eos, sampling=sampling)
+                step = int(state["step"])
+                done = np.array(state["done"])
+                if done.all():
+                    break
+                if is_finished is not None:
+                    out = np.asarray(state["out"])
+                    changed = False
+                    for r in range(n_real):
+                        if not done[r] and is_finished(row_ids[r][0],
+                                                       _trim(out[r, :step], eos_id)):
+                            done[r] = changed = True
+                            ends[r] = step
+                    if changed:
+                        state["done"] = jnp.asarray(done)
+                        if done.all():
+                            break
+        out = np.asarray(state["out"])
+        return [_trim(out[r, :step if ends[r] is None else ends[r]], eos_id)
+                for r in range(n_real)]
+
+
+def row_keys(seed: int, prompts: Sequence[Sequence[int]], samples: Sequence[int],
+             batch: int) -> jax.Array:
+    """One key per row: ``fold_in(fold_in(key(seed), crc32(prompt)), sample)``.
+
+    Keyed by the prompt's tokens, not its position, so a prompt's samples are
+    the same whichever batch (and padding) it is decoded in.
+    """
+    base = jax.random.key(seed)
+    keys = [jax.random.fold_in(jax.random.fold_in(
+        base, zlib.crc32(np.asarray(p, np.int32).tobytes()) & 0x7FFFFFFF), s)
+        for p, s in zip(prompts, samples, strict=True)]
+    keys += [base] * (batch - len(keys))
+    return jnp.stack(keys)
+
+
+def _trim(tokens: np.ndarray, eos_id: int | None) -> list[int]:
+    """Tokens up to (not including) the first EOS."""
+    toks = [int(t) for t in tokens]
+    if eos_id is not None and eos_id in toks:
+        toks = toks[:toks.index(eos_id)]
+    return toks
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+def generate_text(
+    generator: Generator,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    sampling: SamplingConfig = GREEDY,
+    num_samples: int = 1,
+    stop: Sequence[str] = (),
+    seed: int = 0,
+    add_bos: bool = True,
+    truncate_left: bool = True,
+) -> list[list[str]]:
+    """Text continuations of text `prompts` (cut at the first stop string).
+
+    With `truncate_left`, a prompt too long for ``max_seq_len - max_new_tokens``
+    keeps only its last tokens (as lm-evaluation-harness does).
+    """
+    ids = [tokenizer.encode(p, bos=add_bos, eos=False) for p in prompts]
+    room = generator.config.max_seq_len - max_new_tokens
+    if truncate_left and room > 0:
+        ids = [p[-room:] for p in ids]
+    stop = tuple(s for s in stop if s)
+    decode = ContinuationDecoder(tokenizer, ids)
+
+    def finished(prompt_index: int, toks: list[int]) -> bool:
+        text = decode(prompt_index, toks)
+        return any(s in text for s in stop)
+
+    out = generator.generate_tokens(
+        ids, max_new_tokens=max_new_tokens, sampling=sampling, num_samples=num_samples,
+        eos_id=tokenizer.eos_id, seed=seed, is_finished=finished if stop else None)
+    return [[truncate_at_stop(decode(i, t), stop) for t in per_prompt]
+            for i, per_prompt in enumerate(out)]
+
+
+class ContinuationDecoder:
+    """Text of generated tokens as they continue their prompt.
+
+    SentencePiece drops the leading space of a decoded sequence (its dummy
+    prefix), so ``decode(continuation)`` alone would lose the space before
+    " Paris" or one indentation space of "    return x". The continuation's
+    text is ``decode(prompt + continuation)`` minus ``decode(prompt)``.
+    """
+
+    def __init__(self, tokenizer, prompts: Sequence[Sequence[int]]):
+        self.tokenizer = tokenizer
+        self.prompts = [list(p) for p in prompts]
+        self._prefix: dict[int, str] = {}
+
+    def __call__(self, prompt_index: int, tokens: Sequence[int]) -> str:
+        prompt = self.prompts[prompt_index]
+        if prompt_index not in self._prefix:
+            self._prefix[prompt_index] = self.tokenizer.decode(prompt)
+        prefix = self._prefix[prompt_index]
+        text = self.tokenizer.decode(prompt + list(tokens))
+        if text.startswith(prefix):
+            return text[len(prefix):]
+        return self.tokenizer.decode(list(tokens))  # a split multi-byte character

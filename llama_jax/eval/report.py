@@ -1,0 +1,111 @@
+"""Results as JSON and as a markdown table beside the paper's numbers.
+
+The table compares each headline metric with the paper's value for the LLaMA
+size nearest to the evaluated model's parameter count. Accuracies are shown as
+percentages; the paper's cell is left empty where the paper has no number, and
+a note flags a few-shot setting that differs from the paper's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from llama_jax.eval import paper_results
+
+_PAPER_SHOTS = {"mmlu": 5, "mbpp": 3}
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100.0 * x:.1f}"
+
+
+def _paper(size: str, key: str) -> str:
+    v = paper_results.paper_value(size, key)
+    return "" if v is None else f"{v:.1f}"
+
+
+def table_rows(name: str, res: dict[str, Any], size: str) -> list[tuple[str, str, str, str, str]]:
+    """(task, metric, ours, paper, note) rows for one task's result."""
+    task = res.get("task", name)
+    shots = res.get("num_fewshot", 0)
+    n = res.get("num_examples", "")
+    note = f"n={n}"
+    rows = []
+    if task == "perplexity":
+        rows.append((name, "perplexity", f"{res['perplexity']:.3f}", "", f"{res['tokens']} tokens"))
+        for src, s in res.get("sources", {}).items():
+            extra = f", {s['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in s else ""
+            rows.append((f"{name}/{src}", "perplexity", f"{s['perplexity']:.3f}", "",
+                         f"{s['tokens']} tokens{extra}"))
+        return rows
+    if task in ("naturalqs", "triviaqa"):
+        key = f"{task}@{shots}"
+        return [(f"{name} ({shots}-shot)", "exact_match", _pct(res["exact_match"]),
+                 _paper(size, key), note)]
+    if task == "gsm8k":
+        rows.append((name, "maj1@1", _pct(res["maj1@1"]), _paper(size, "gsm8k/maj1@1"), note))
+        if res.get("k", 1) > 1:
+            rows.append((name, f"maj1@{res['k']}", _pct(res["maj1@k"]),
+                         _paper(size, "gsm8k/maj1@k"), note + " (paper: k=100)"))
+        return rows
+    if task in ("humaneval", "mbpp"):
+        for metric in ("pass@1", "pass@10", "pass@80", "pass@100"):
+            if metric in res:
+                rows.append((name, metric, _pct(res[metric]), _paper(size, f"{task}/{metric}"),
+                             f"{note}, {res['n']} samples"))
+        return rows
+    if shots != _PAPER_SHOTS.get(task, 0):
+        note += f" ({shots}-shot; paper: {_PAPER_SHOTS.get(task, 0)}-shot)"
+    metric = res["primary_metric"]
+    rows.append((name, metric, _pct(res[metric]), _paper(size, task), note))
+    if task == "mmlu":
+        for cat, acc in res.get("categories", {}).items():
+            rows.append((f"{name}/{cat}", "acc", _pct(acc), _paper(size, f"mmlu/{cat}"), ""))
+    else:
+        for other in ("acc", "acc_norm", "acc_uncond"):
+            if other in res and other != metric:
+                rows.append((name, other, _pct(res[other]), "", ""))
+    return rows
+
+
+def markdown_table(results: dict[str, Any], num_params: float) -> str:
+    """A markdown table of our numbers beside the nearest LLaMA size's."""
+    size = paper_results.nearest_size(num_params)
+    lines = [f"| task | metric | ours | LLaMA-{size} (paper) | notes |",
+             "|---|---|---|---|---|"]
+    for name, res in results.items():
+        if "error" in res:
+            lines.append(f"| {name} | error | | | {res['error']} |")
+            continue
+        for row in table_rows(name, res, size):
+            lines.append("| " + " | ".join(row) + " |")
+    params = f"{num_params / 1e9:.3g}B" if num_params >= 1e8 else f"{num_params / 1e6:.3g}M"
+    lines.append("")
+    lines.append(f"Model: {params} parameters; paper column: LLaMA-{size} "
+                 f"(nearest size, Touvron et al. 2023). Accuracies in %.")
+    return "\n".join(lines)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    """Write `report` to `path` atomically (a temp file, then a rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_finite(report), f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)

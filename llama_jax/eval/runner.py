@@ -1,0 +1,72 @@
+"""Run a list of tasks against one model and collect the results.
+
+`build_context` makes the scorer, generator and tokenizer from a loaded model;
+`evaluate` runs task specs in order, timing each, and calls `on_result` after
+every task (the CLI uses it to rewrite the JSON file, so a long run that fails
+late keeps what it finished).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from llama_jax import sharding
+from llama_jax.eval import placement
+from llama_jax.eval.generate import Generator
+from llama_jax.eval.scoring import Scorer
+from llama_jax.eval.tasks import EvalContext, Task
+
+log = logging.getLogger(__name__)
+
+
+def build_context(config, params, tokenizer, *, mesh=None,
+                  rules: sharding.Rules = sharding.DEFAULT_RULES, batch_size: int = 8,
+                  max_len: int | None = None, seed: int = 0,
+                  options: dict[str, Any] | None = None) -> EvalContext:
+    """An `EvalContext` whose scorer / generator are built on first use.
+
+    The parameters are placed on the mesh once, here; the scorer and the
+    generator share those device arrays (no second copy).
+    """
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                         f"vocabulary is {config.vocab_size}; use the model's own tokenizer")
+    mesh = mesh if mesh is not None else placement.default_mesh()
+    params = placement.place_params(config, params, mesh, rules)
+    return EvalContext(
+        tokenizer=tokenizer,
+        make_scorer=lambda: Scorer(config, params, mesh=mesh, rules=rules,
+                                   batch_size=batch_size, max_len=max_len),
+        make_generator=lambda: Generator(config, params, mesh=mesh, rules=rules,
+                                         batch_size=batch_size),
+        seed=seed, options=dict(options or {}))
+
+
+def result_key(task: Task, shots: int, specs: Sequence[tuple[Task, int]]) -> str:
+    """The task's name, with ":shots" when the run has it more than once."""
+    repeated = sum(t.name == task.name for t, _ in specs) > 1
+    return f"{task.name}:{shots}" if repeated else task.name
+
+
+def evaluate(ctx: EvalContext, specs: Sequence[tuple[Task, int]], data_dir: str, *,
+             limit: int | None = None, keep_predictions: bool = False,
+             on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every (task, shots) of `specs`; returns {key: metrics}."""
+    results: dict[str, Any] = {}
+    for task, shots in specs:
+        key = result_key(task, shots, specs)
+        log.info("task %s (%d-shot) ...", key, shots)
+        start = time.perf_counter()
+        res = task.run(ctx, data_dir, shots, limit)
+        if not keep_predictions:
+            res.pop("predictions", None)
+        res.update(task=task.name, num_fewshot=shots, seconds=round(time.perf_counter() - start, 2))
+        results[key] = res
+        log.info("task %s: %s=%s (%d examples, %.1fs)", key, res["primary_metric"],
+                 res.get(res["primary_metric"]), res.get("num_examples", 0), res["seconds"])
+        if on_result is not None:
+            on_result(results)
+    return results

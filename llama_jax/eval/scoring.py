@@ -1,0 +1,210 @@
+"""Jitted, mesh-sharded log-likelihood scoring of token sequences.
+
+`Scorer.loglikelihood` scores (context, continuation) token pairs the way
+lm-evaluation-harness does: the model reads ``(context + continuation)[:-1]``
+(left-truncated to the model's context), and the continuation's log-probability
+is the sum over its tokens; ``is_greedy`` says whether every continuation token
+is the argmax. Requests are sorted by length, packed into fixed-size batches and
+right-padded to a length bucket, so a whole task compiles once per bucket that
+occurs (a handful of times), not once per example. `trace_count` counts the
+traces of the jitted function so tests can assert it.
+
+`Scorer.loglikelihood_rolling` scores whole documents in disjoint windows of
+the model's context (the harness's rolling windows), for perplexity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from llama_jax import sharding
+from llama_jax.eval import placement
+from llama_jax.model import Llama, LlamaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LoglikelihoodResult:
+    """Score of one continuation: summed log-prob, greedy flag, token count."""
+
+    logprob: float
+    is_greedy: bool
+    num_tokens: int
+
+
+def default_buckets(max_len: int, smallest: int = 32) -> tuple[int, ...]:
+    """Powers of two from `smallest` up to `max_len` (which is always last)."""
+    buckets, b = [], smallest
+    while b < max_len:
+        buckets.append(b)
+        b *= 2
+    buckets.append(max_len)
+    return tuple(buckets)
+
+
+def _bucket(length: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"sequence of {length} tokens exceeds the largest bucket {buckets[-1]}")
+
+
+class Scorer:
+    """Log-likelihoods of continuations under one model, on one mesh.
+
+    Args:
+      config: the model config.
+      params: parameters for `config` (plain or boxed tree).
+      mesh: the mesh to run on (default: all devices on `fsdp`).
+      rules: logical-axis rules (default `llama_jax.sharding.DEFAULT_RULES`).
+      batch_size: rows per compiled batch (rounded up to the batch split).
+      max_len: longest model input (default ``config.max_seq_len``).
+      buckets: allowed padded lengths (default powers of two up to max_len).
+    """
+
+    def __init__(self, config: LlamaConfig, params, *, mesh: Mesh | None = None,
+                 rules: sharding.Rules = sharding.DEFAULT_RULES, batch_size: int = 8,
+                 max_len: int | None = None, buckets: Sequence[int] | None = None):
+        self.config = config
+        self.mesh = mesh if mesh is not None else placement.default_mesh()
+        self.rules = rules
+        self.max_len = int(max_len or config.max_seq_len)
+        if self.max_len > config.max_seq_len:
+            raise ValueError(f"max_len={self.max_len} exceeds the model's "
+                             f"max_seq_len={config.max_seq_len}")
+        self.buckets = tuple(sorted(buckets)) if buckets else default_buckets(self.max_len)
+        if self.buckets[-1] < self.max_len:
+            self.buckets = (*self.buckets, self.max_len)
+        self.batch_size = placement.round_batch(batch_size, self.mesh, rules)
+        self.params = placement.place_params(config, params, self.mesh, rules)
+        self.trace_count = 0
+        self._model = Llama(config)
+        self._in_sharding = placement.batch_sharding(self.mesh, rules, 2)
+        self._jitted = jax.jit(self._score_batch)
+
+    # The traced function: runs once per distinct (batch, bucket) shape.
+    def _score_batch(self, params, tokens, positions, targets, segment_ids, loss_mask):
+        self.trace_count += 1
+        logits = self._model.apply({"params": params}, tokens, positions=positions,
+                                   segment_ids=segment_ids)  # [batch, len, vocab]
+        logprobs = jax.nn.log_softmax(logits, axis=-1)  # [batch, len, vocab]
+        target_lp = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]  # [batch, len]
+        greedy = jnp.argmax(logits, axis=-1) == targets  # [batch, len]
+        mask = loss_mask.astype(bool)
+        total = jnp.sum(jnp.where(mask, target_lp, 0.0), axis=-1)  # [batch]
+        all_greedy = jnp.all(jnp.where(mask, greedy, True), axis=-1)  # [batch]
+        return total, all_greedy
+
+    def _prepare(self, context: Sequence[int], continuation: Sequence[int]):
+        if len(continuation) == 0:
+            raise ValueError("a continuation must have at least one token")
+        if len(continuation) > self.max_len:
+            raise ValueError(f"continuation of {len(continuation)} tokens exceeds "
+                             f"max_len={self.max_len}")
+        if len(context) == 0:
+            raise ValueError("a context must have at least one token (e.g. BOS)")
+        whole = (list(context) + list(continuation))[-(self.max_len + 1):]
+        return whole[:-1], whole[1:], len(continuation)
+
+    def loglikelihood(
+        self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
+    ) -> list[LoglikelihoodResult]:
+        """Score each (context_ids, continuation_ids) pair; results in input order."""
+        prepared = [self._prepare(c, x) for c, x in requests]
+        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
+        results: list[LoglikelihoodResult | None] = [None] * len(prepared)
+        vocab = self.config.vocab_size
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            length = _bucket(max(len(prepared[i][0]) for i in idx), self.buckets)
+            shape = (self.batch_size, length)
+            tokens = np.zeros(shape, np.int32)
+            positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape)
+            targets = np.zeros(shape, np.int32)
+            segs = np.zeros(shape, np.int32)
+            mask = np.zeros(shape, np.int32)
+            for row, i in enumerate(idx):
+                inp, tgt, n_cont = prepared[i]
+                for t in (*inp, *tgt):
+                    if not 0 <= t < vocab:
+                        raise ValueError(f"token id {t} is outside the model's vocabulary "
+                                         f"[0, {vocab}); is the tokenizer the model's?")
+                n = len(inp)
+                tokens[row, :n] = inp
+                targets[row, :n] = tgt
+                segs[row, :n] = 1
+                mask[row, n - n_cont:n] = 1
+            with sharding.activate(self.mesh, self.rules):
+                batch = jax.device_put((tokens, positions, targets, segs, mask),
+                                       self._in_sharding)
+                total, greedy = self._jitted(self.params, *batch)
+            total, greedy = np.asarray(total), np.asarray(greedy)
+            for row, i in enumerate(idx):
+                results[i] = LoglikelihoodResult(float(total[row]), bool(greedy[row]),
+                                                 prepared[i][2])
+        return results  # type: ignore[return-value]
+
+    def packed_loglikelihood(self, batch: dict[str, np.ndarray]) -> tuple[float, int]:
+        """(summed log-prob, tokens) of a packed batch from `make_eval_batches`.
+
+        `batch` has [rows, len] arrays "inputs", "targets", "positions",
+        "segment_ids" and "loss_mask" (documents packed into rows, as in
+        training); rows are padded up to the batch size with empty rows.
+        """
+        inputs = np.asarray(batch["inputs"], np.int32)
+        rows, length = inputs.shape
+        if length > self.max_len:
+            raise ValueError(f"packed rows of {length} tokens exceed max_len={self.max_len}")
+        size = -(-rows // self.batch_size) * self.batch_size
+
+        def pad(x, dtype):
+            x = np.asarray(x, dtype)
+            return np.concatenate([x, np.zeros((size - rows, length), dtype)]) if size > rows else x
+
+        arrays = (pad(inputs, np.int32), pad(batch["positions"], np.int32),
+                  pad(batch["targets"], np.int32), pad(batch["segment_ids"], np.int32),
+                  pad(np.asarray(batch["loss_mask"]) > 0, np.int32))
+        total = 0.0
+        for start in range(0, size, self.batch_size):
+            part = tuple(a[start:start + self.batch_size] for a in arrays)
+            with sharding.activate(self.mesh, self.rules):
+                lp, _ = self._jitted(self.params, *jax.device_put(part, self._in_sharding))
+            total += float(np.sum(np.asarray(lp, np.float64)))
+        return total, int(np.sum(arrays[4]))
+
+    def rolling_windows(self, tokens: Sequence[int], prefix_token: int):
+        """Disjoint windows covering `tokens` as (context, continuation) requests.
+
+        Every token is predicted exactly once: the first window is conditioned on
+        `prefix_token` (BOS), each later one on the token just before it, and the
+        model sees at most `max_len` tokens, like the harness's rolling windows.
+        """
+        tokens = list(tokens)
+        out, start = [], 0
+        while start < len(tokens):
+            window = tokens[start:start + self.max_len]
+            context = [prefix_token] if start == 0 else [tokens[start - 1]]
+            out.append((context, window))
+            start += self.max_len
+        return out
+
+    def loglikelihood_rolling(
+        self, documents: Sequence[Sequence[int]], prefix_token: int
+    ) -> list[tuple[float, int]]:
+        """(summed log-prob, number of tokens) of each whole document."""
+        requests, owner = [], []
+        for d, doc in enumerate(documents):
+            for req in self.rolling_windows(doc, prefix_token):
+                requests.append(req)
+                owner.append(d)
+        scores = self.loglikelihood(requests)
+        totals = [[0.0, 0] for _ in documents]
+        for d, s in zip(owner, scores, strict=True):
+            totals[d][0] += s.logprob
+            totals[d][1] += s.num_tokens
+        return [(lp, n) for lp, n in totals]

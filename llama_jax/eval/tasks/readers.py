@@ -1,0 +1,178 @@
+"""Reading evaluation data sets from local files in their published formats.
+
+JSON Lines (optionally gzipped), JSON (a list, or an object holding the list
+under a key such as "Data"), Parquet (needs pyarrow), CSV/TSV, and
+one-label-per-line ``.lst`` files. Every failure a user can cause (missing
+file, bad JSON, missing field) raises `DataError` naming the file and the
+expected format.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+class DataError(ValueError):
+    """A task's data file is missing or not in the expected format."""
+
+
+def find_file(data_dir: str, task: str, patterns: Sequence[str], expected: str,
+              required: bool = True) -> str | None:
+    """The first file under ``data_dir/task`` matching one of `patterns`.
+
+    Args:
+      data_dir: the --data_dir root.
+      task: sub-directory (the task name).
+      patterns: glob patterns relative to ``data_dir/task``, in preference order.
+      expected: a description of the expected format (goes in the error).
+      required: raise `DataError` when nothing matches (else return None).
+    """
+    root = os.path.join(data_dir, task)
+    for pattern in patterns:
+        hits = sorted(glob.glob(os.path.join(root, pattern)))
+        if hits:
+            return hits[0]
+    if not required:
+        return None
+    names = ", ".join(os.path.join(root, p) for p in patterns)
+    raise DataError(f"{task}: no data file found; looked for {names}. Expected {expected}. "
+                    f"Put the data set's published file under {root}/ (nothing is "
+                    "downloaded at run time).")
+
+
+def find_files(data_dir: str, task: str, patterns: Sequence[str], expected: str) -> list[str]:
+    """All files under ``data_dir/task`` matching the first pattern that matches."""
+    root = os.path.join(data_dir, task)
+    for pattern in patterns:
+        hits = sorted(glob.glob(os.path.join(root, pattern)))
+        if hits:
+            return hits
+    names = ", ".join(os.path.join(root, p) for p in patterns)
+    raise DataError(f"{task}: no data files found; looked for {names}. Expected {expected}.")
+
+
+def _open_text(path: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_jsonl(path: str, expected: str) -> list[dict[str, Any]]:
+    """Records of a JSON Lines file (``.jsonl`` or ``.jsonl.gz``)."""
+    records = []
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected "
+                                    f"{expected}") from None
+                if not isinstance(rec, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object per line; "
+                                    f"expected {expected}")
+                records.append(rec)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e}); expected {expected}") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e}); expected {expected}") from None
+    return records
+
+
+def read_json(path: str, expected: str, list_keys: Sequence[str] = ("Data", "data")):
+    """A JSON file: a list of records, or an object with the list under `list_keys`."""
+    try:
+        with _open_text(path) as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); expected "
+                        f"{expected}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e}); expected {expected}") from None
+    if isinstance(obj, dict):
+        for key in list_keys:
+            if isinstance(obj.get(key), list):
+                return obj[key]
+        return obj
+    return obj
+
+
+def read_parquet(path: str, expected: str) -> list[dict[str, Any]]:
+    """Rows of a Parquet file as dicts (needs pyarrow)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow, which is not installed; "
+                        f"`pip install pyarrow`, or provide the data as {expected}") from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several error types for bad files
+        raise DataError(f"{path}: not a readable Parquet file ({e}); expected "
+                        f"{expected}") from None
+
+
+def read_records(path: str, expected: str) -> list[dict[str, Any]]:
+    """Records of a .jsonl/.jsonl.gz, .json or .parquet file."""
+    if path.endswith((".jsonl", ".jsonl.gz")):
+        return read_jsonl(path, expected)
+    if path.endswith((".json", ".json.gz")):
+        recs = read_json(path, expected)
+        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+            raise DataError(f"{path}: expected a list of JSON objects; expected {expected}")
+        return recs
+    if path.endswith(".parquet"):
+        return read_parquet(path, expected)
+    raise DataError(f"{path}: unsupported file type; expected {expected}")
+
+
+def read_csv(path: str, expected: str, delimiter: str = ",", columns: int | None = None):
+    """Rows (lists of strings) of a header-less CSV/TSV file."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read as CSV ({e}); expected {expected}") from None
+    if columns is not None:
+        for i, r in enumerate(rows, 1):
+            if len(r) != columns:
+                raise DataError(f"{path}: row {i} has {len(r)} columns, expected {columns}: "
+                                f"{expected}")
+    return rows
+
+
+def read_labels(path: str, n: int, expected: str) -> list[str]:
+    """A ``.lst`` labels file: one label per line, `n` lines."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            labels = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read labels ({e}); expected {expected}") from None
+    if len(labels) != n:
+        raise DataError(f"{path}: has {len(labels)} labels but the data file has {n} "
+                        f"records; expected {expected}")
+    return labels
+
+
+def get_field(rec: dict[str, Any], path: str, index: int, source: str, expected: str):
+    """``rec[a][b]`` for a dotted `path` "a.b", or a `DataError` naming it."""
+    value: Any = rec
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise DataError(f"{source}: record {index} has no field {path!r}; expected "
+                            f"{expected}")
+        value = value[part]
+    return value
+
+
+def require(cond: bool, source: str, index: int, what: str, expected: str) -> None:
+    """Raise a `DataError` about record `index` of `source` unless `cond`."""
+    if not cond:
+        raise DataError(f"{source}: record {index}: {what}; expected {expected}")

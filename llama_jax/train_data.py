@@ -1,0 +1,114 @@
+"""The training run's data, from the config's ``data`` section: sources, tokenizer, eval batches.
+
+``data.corpus='embedded'`` uses the corpus built from installed packages
+(`llama_jax.data.corpus.ensure_corpus`) and its tokenizer; ``'sources'`` uses
+``data.sources`` (dicts of `SourceSpec` fields; relative paths are under
+``data.root``) with the SentencePiece model at ``data.tokenizer``. Everything
+is checked here, before compilation: missing files, a tokenizer whose
+vocabulary does not fit the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from llama_jax.config_base import ConfigError
+from llama_jax.model.config import LlamaConfig
+
+BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
+
+
+@dataclasses.dataclass
+class DataSetup:
+    """What the loop needs from the data side."""
+
+    tokenizer: Any
+    source_names: list[str]
+    make_train_iterator: Callable[[], Any]
+    eval_batches: dict[str, list[dict[str, np.ndarray]]]
+    batch_keys: tuple[str, ...] = BATCH_KEYS
+
+
+def _resolve(path: str, root: str) -> str:
+    path = os.path.expanduser(path)
+    if root and not os.path.isabs(path):
+        return os.path.join(os.path.expanduser(root), path)
+    return path
+
+
+def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[list[Any], str]:
+    """(SourceSpecs, tokenizer path) for the ``data`` section.
+
+    The embedded corpus is built on first use (under ``data.root``, default
+    its cache folder) with a tokenizer of `vocab_size` pieces.
+    """
+    from llama_jax.data.sources import SourceSpec
+
+    if data_cfg.corpus == "embedded":
+        from llama_jax.data.corpus import ensure_corpus
+
+        info = ensure_corpus(root=data_cfg.root or None, vocab_size=vocab_size)
+        specs = [s if isinstance(s, SourceSpec) else SourceSpec.from_dict(s) for s in info.sources]
+        tokenizer = data_cfg.tokenizer or str(info.tokenizer_path)
+        return specs, tokenizer
+    specs = []
+    for i, d in enumerate(data_cfg.sources):
+        d = dict(d)
+        if "path" not in d or "name" not in d:
+            raise ConfigError(f"data.sources[{i}] = {d} needs at least 'name', 'kind' and 'path'")
+        if d.get("kind") != "tfds":
+            d["path"] = _resolve(d["path"], data_cfg.root)
+        specs.append(SourceSpec.from_dict(d))
+    if not data_cfg.tokenizer:
+        raise ConfigError("data.tokenizer is empty: give the SentencePiece .model for these "
+                          "sources (train one with `python -m llama_jax.data.tokenizer`)")
+    return specs, _resolve(data_cfg.tokenizer, data_cfg.root)
+
+
+def setup_data(config: ml_collections.ConfigDict, model_config: LlamaConfig) -> DataSetup:
+    """Build sources, tokenizer and held-out eval batches; check them against the model."""
+    from llama_jax.data import mixture
+    from llama_jax.data.tokenizer import Tokenizer
+
+    d, t = config.data, config.train
+    specs, tok_path = source_specs(d, model_config.vocab_size)
+    if not os.path.isfile(tok_path):
+        raise ConfigError(f"tokenizer {tok_path!r} does not exist; set data.tokenizer to a "
+                          "SentencePiece .model file")
+    tokenizer = Tokenizer.load(tok_path)
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ConfigError(
+            f"the tokenizer {tok_path} has {tokenizer.vocab_size} pieces but the model's "
+            f"vocab_size is {model_config.vocab_size}; set --config.model.vocab_size="
+            f"{tokenizer.vocab_size} or use a smaller tokenizer")
+    built = mixture.build_sources(specs)  # Missing paths raise DataError here.
+    names = [s.name for s in built]
+    process_index, process_count = jax.process_index(), jax.process_count()
+
+    def make_iter():
+        return mixture.make_train_iterator(
+            built, tokenizer, seq_len=t.seq_len, global_batch_size=t.batch_size, seed=d.seed,
+            process_index=process_index, process_count=process_count,
+            num_workers=d.num_workers)
+
+    eval_batches: dict[str, list] = {}
+    if t.eval_batches:
+        eval_bs = t.batch_size // t.grad_accum_steps
+        for i, (src, spec) in enumerate(zip(built, specs, strict=True)):
+            if spec.weight <= 0 or spec.heldout_fraction <= 0:
+                continue
+            eval_batches[src.name] = [
+                {k: b[k] for k in BATCH_KEYS}
+                for b in mixture.make_eval_batches(
+                    src, tokenizer, seq_len=t.seq_len, batch_size=eval_bs,
+                    max_batches=t.eval_batches, source_id=i, process_index=process_index,
+                    process_count=process_count)]
+    return DataSetup(tokenizer=tokenizer, source_names=names, make_train_iterator=make_iter,
+                     eval_batches=eval_batches)

@@ -1,0 +1,381 @@
+"""The training loop behind ``python -m llama_jax.train``: `train_and_evaluate`.
+
+Order of work, so that every user error surfaces before anything compiles:
+config values -> the workdir's saved model config -> data paths and tokenizer
+-> mesh and rules -> abstract state -> restore (or init) -> jitted steps ->
+loop. The loop feeds packed global batches from the grain iterator to the
+jitted train step, logs every ``train.log_every`` steps, evaluates held-out
+loss per source every ``train.eval_every`` steps, saves asynchronously every
+``checkpoint.every`` steps and at the end, and on SIGTERM/SIGINT saves at the
+next step boundary and returns ``status='preempted'`` (exit status 0).
+
+Non-finite losses: with ``train.on_nonfinite='stop'`` the loop checks each
+step's loss and gradient norm (one step behind the device, and before every
+save, so no checkpoint holds a state that produced a NaN) and raises
+`NonFiniteLossError` naming the last good checkpoint; with ``'skip'`` the
+optimizer drops non-finite updates on device (`optax.apply_if_finite`) and the
+loop stops only after ``train.max_consecutive_skips`` in a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from llama_jax import checkpoint as ckpt_lib
+from llama_jax import config_base, metrics, optim
+from llama_jax import sharding as shd
+from llama_jax.model.config import LlamaConfig
+from llama_jax.step import (
+    abstract_train_state,
+    global_batch,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+)
+from llama_jax.train_data import DataSetup, setup_data
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/Inf; the message names the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a call to `train_and_evaluate` did."""
+
+    status: str  # 'completed', 'preempted' or 'already_done'
+    start_step: int
+    step: int
+    last_loss: float | None
+    eval_losses: dict[str, float]
+    wall_seconds: float
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+# Run settings a resumed run must share with the checkpoint: the data iterator's
+# position and the optimizer state's structure depend on them.
+RESUME_KEYS = ("train.batch_size", "train.seq_len", "train.on_nonfinite", "data.corpus",
+               "data.sources", "data.seed", "data.num_workers", "data.root")
+
+
+def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raise ConfigError naming the `RESUME_KEYS` whose values differ from the checkpoint's."""
+    now = _config_json(config)
+
+    def get(d, key):
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    diffs = [f"{k}: checkpoint has {get(saved_config, k)!r}, config asks for {get(now, k)!r}"
+             for k in RESUME_KEYS if get(saved_config, k) != get(now, k)]
+    if diffs:
+        raise config_base.ConfigError(
+            f"workdir {workdir} cannot resume with these settings:\n  " + "\n  ".join(diffs)
+            + "\nThe data position and optimizer state depend on them: use the values the run "
+            "started with, or a fresh --workdir.")
+
+
+def _mesh_and_rules(config: ml_collections.ConfigDict):
+    m = config.mesh
+    rules = shd.make_rules(config_base.parse_rules(m.rules, shd.DEFAULT_RULES))
+    mesh_cfg = {"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor, "sequence": m.sequence}
+    return shd.mesh_from_config(mesh_cfg), rules
+
+
+def _check_batch_divides(config, mesh) -> None:
+    t = config.train
+    n_batch = mesh.shape[shd.DATA] * mesh.shape[shd.FSDP]
+    micro = t.batch_size // t.grad_accum_steps
+    if micro % n_batch:
+        raise config_base.ConfigError(
+            f"train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} "
+            f"= {micro} sequences per microbatch is not divisible by the mesh's batch axes "
+            f"(data x fsdp = {n_batch}); change train.batch_size or the mesh")
+    if t.seq_len % mesh.shape[shd.SEQUENCE]:
+        raise config_base.ConfigError(f"train.seq_len={t.seq_len} is not divisible by "
+                         f"mesh.sequence={mesh.shape[shd.SEQUENCE]}")
+
+
+class _Logger:
+    """Turns per-step device metrics into logged records (JSONL, TB, bar)."""
+
+    def __init__(self, config, mcfg: LlamaConfig, workdir: str, start: int):
+        t = config.train
+        self.log_every, self.total = t.log_every, t.steps
+        self.tokens_per_step = t.batch_size * t.seq_len
+        o = config.optimizer
+        self.lr = lambda count: optim.lr_at(count, o.lr, o.warmup_steps, t.steps, o.min_lr_ratio)
+        main = jax.process_index() == 0
+        self.writer = metrics.MetricWriter(workdir, tensorboard=t.tensorboard, enabled=main)
+        dropped = self.writer.truncate_after(start)
+        if dropped:
+            logging.info("metrics.jsonl: dropped %d records after step %d (recomputed)",
+                         dropped, start)
+        self.bar = metrics.ProgressBar(t.steps, start, mode=t.progress if main else "log")
+        self.flops_per_token = metrics.flops_per_token(mcfg, t.seq_len)
+        kind = jax.devices()[0].device_kind
+        self.peak = metrics.peak_flops(kind)
+        self.n_devices = jax.device_count()
+        logging.info("devices: %d x %s; peak %s FLOP/s per device; %.3g FLOPs per token "
+                     "(6N + 6 L T d)", self.n_devices, kind,
+                     f"{self.peak:.3g}" if self.peak else "unknown (MFU not reported)",
+                     self.flops_per_token)
+        self._window_t: float | None = None
+        self._window_step = start
+        self._losses: list[float] = []
+        self._last: tuple[int, float] = (start, float("nan"))
+        self._held: tuple[int, dict] | None = None
+
+    def step_done(self, step: int, host: dict[str, float], data_stats: dict[str, float],
+                  hold: bool = False) -> None:
+        """Record step `step`'s (1-based count of updates) host metrics and the
+        per-source data counters as of that step. With `hold`, the record
+        waits for `add_eval` to join the held-out losses of the same step."""
+        now = time.perf_counter()
+        if self._window_t is None:  # The first step includes compilation.
+            self._window_t, self._window_step = now, step
+        self._losses.append(host["loss"])
+        self._last = (step, host["loss"])
+        if step % self.log_every and step != self.total:
+            return
+        elapsed = now - self._window_t
+        steps = step - self._window_step
+        record = {"tokens": step * self.tokens_per_step, "loss": host["loss"],
+                  "loss_mean": float(np.mean(self._losses)),
+                  "lr": self.lr(step - 1), "grad_norm": host["grad_norm"],
+                  "param_norm": host.get("param_norm", float("nan"))}
+        if steps > 0 and elapsed > 0:
+            tps = steps * self.tokens_per_step / elapsed
+            record["tokens_per_s"] = tps
+            record["steps_per_s"] = steps / elapsed
+            util = metrics.mfu(tps, self.flops_per_token, self.n_devices, self.peak)
+            if util is not None:
+                record["mfu"] = util
+        record.update(data_stats)
+        self._window_t, self._window_step, self._losses = now, step, []
+        if hold:
+            self._held = (step, record)
+        else:
+            self._emit(step, record)
+
+    def add_eval(self, step: int, evals: dict[str, float], seconds: float) -> None:
+        """Write the held-out losses of `step` (with its training record if held);
+        `seconds` spent evaluating are left out of the next throughput window."""
+        if self._held is not None and self._held[0] == step:
+            record = {**self._held[1], **evals}
+        else:
+            record = {"tokens": step * self.tokens_per_step, "loss": self._last[1], **evals}
+        self._held = None
+        if self._window_t is not None:
+            self._window_t += seconds
+        self._emit(step, record)
+
+    def _emit(self, step: int, record: dict) -> None:
+        self.writer.write(step, record)
+        text = f"loss {record['loss']:.4f}"
+        if "lr" in record:
+            text += f" lr {record['lr']:.2e}"
+        if "tokens_per_s" in record:
+            text += f" {record['tokens_per_s']:.0f} tok/s"
+        if "mfu" in record:
+            text += f" MFU {100 * record['mfu']:.1f}%"
+        evals = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("eval_loss/")}
+        if evals:
+            text += " | held-out " + " ".join(f"{k} {v:.3f}" for k, v in evals.items())
+        self.bar.update(step, text)
+        if not self.bar.enabled or evals:
+            logging.info("step %d/%d: %s", step, self.total, text)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+
+
+def _evaluate(eval_step, params, data: DataSetup, mesh, rules) -> dict[str, float]:
+    """Held-out loss per source: summed NLL / counted tokens over its eval batches."""
+    out = {}
+    for name, batches in data.eval_batches.items():
+        total, count = 0.0, 0.0
+        for b in batches:
+            m = eval_step(params, global_batch(mesh, b, rules))
+            total += float(m["loss_sum"])
+            count += float(m["num_tokens"])
+        if count:
+            out[f"eval_loss/{name}"] = total / count
+    return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+    """Train (or resume) the run `config` describes in `workdir`.
+
+    Returns a `TrainResult`. Raises ValueError (bad config, mismatched
+    workdir, bad data) before compiling anything, and `NonFiniteLossError`
+    when the loss diverges under ``train.on_nonfinite='stop'``.
+    """
+    t0 = time.perf_counter()
+    mcfg = config_base.validate(config)
+    t = config.train
+    workdir = str(workdir)
+    if "://" in workdir:
+        raise config_base.ConfigError(
+            f"--workdir={workdir}: give a filesystem path; for object storage mount the bucket "
+            "(e.g. gcsfuse) and pass the mount point")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    ck = config.checkpoint
+    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), every=ck.every,
+                                         keep=ck.keep, async_save=ck.async_save)
+    latest = checkpointer.latest_step()
+    meta = checkpointer.read_meta(latest) if latest is not None else None
+    if meta is not None:
+        ckpt_lib.check_model_matches(meta["model_config"], mcfg, workdir)
+        check_resumable(meta.get("config", {}), config, workdir)
+
+    _maybe_initialize_distributed(config.distributed)
+    data = setup_data(config, mcfg)  # Missing paths / vocab mismatch fail here.
+    mesh, rules = _mesh_and_rules(config)
+    _check_batch_divides(config, mesh)
+    skip = t.on_nonfinite == "skip"
+    tx = optim.optimizer_from_config(config.optimizer, t.steps, skip_nonfinite=skip,
+                                     max_consecutive_skips=t.max_consecutive_skips + 1)
+    rng = jax.random.key(t.seed)
+    train_iter = data.make_train_iterator()
+    stats = metrics.SourceStats(data.source_names)
+
+    if latest is not None:
+        abstract, shardings = abstract_train_state(mcfg, tx, mesh, rules)
+        state, rng, meta = checkpointer.restore(latest, abstract, abstract_rng=rng,
+                                                data_iterator=train_iter)
+        stats = metrics.SourceStats(data.source_names, meta.get("source_stats"))
+        logging.info("resumed from step %d in %s", latest, checkpointer.directory)
+    else:
+        init_rng, rng = jax.random.split(rng)
+        state, shardings = init_train_state(mcfg, tx, mesh, rules, init_rng)
+    start = int(jax.device_get(state.step))
+    if start >= t.steps:
+        logging.info("workdir %s already holds step %d >= train.steps=%d; nothing to do",
+                     workdir, start, t.steps)
+        checkpointer.close()
+        return TrainResult("already_done", start, start, None, {}, time.perf_counter() - t0)
+
+    train_step = make_train_step(mcfg, tx, mesh, rules, shardings,
+                                 grad_accum_steps=t.grad_accum_steps)
+    eval_step = make_eval_step(mcfg, mesh, rules, shardings.params)
+    log = _Logger(config, mcfg, workdir, start)
+    config_json = _config_json(config)
+
+    def save(step: int, force: bool) -> None:
+        meta = {"config": config_json, "model_config": mcfg.to_dict(),
+                "tokens": step * t.batch_size * t.seq_len, "source_stats": stats.state(),
+                "mesh": dict(mesh.shape), "jax_version": jax.__version__}
+        if checkpointer.save(step, state, rng=rng, meta=meta, data_iterator=train_iter,
+                             force=force):
+            logging.info("checkpoint: saving step %d", step)
+
+    pending: tuple[int, dict, dict] | None = None
+    skips = 0
+    last_loss: float | None = None
+    eval_losses: dict[str, float] = {}
+    status = "completed"
+
+    def settle(p: tuple[int, dict, dict], hold: bool = False) -> None:
+        """Fetch a finished step's metrics; stop on non-finite values."""
+        nonlocal skips, last_loss
+        step, dev, data_stats = p
+        host = {k: float(v) for k, v in jax.device_get(dev).items()}
+        finite = math.isfinite(host["loss"]) and math.isfinite(host["grad_norm"])
+        if not finite:
+            if skip:
+                skips += 1
+                logging.warning("step %d: non-finite loss %s / grad norm %s: update skipped "
+                                "(%d in a row)", step, host["loss"], host["grad_norm"], skips)
+                if skips <= t.max_consecutive_skips:
+                    log.step_done(step, host, data_stats, hold)
+                    return
+            checkpointer.wait()
+            good = checkpointer.latest_step()
+            raise NonFiniteLossError(
+                f"step {step}: loss {host['loss']}, gradient norm {host['grad_norm']} "
+                f"({'after ' + str(skips) + ' skipped updates in a row' if skip else 'non-finite'})."
+                f" Stopped without saving this state; the last good checkpoint is "
+                f"{'step ' + str(good) if good is not None else 'none'} in "
+                f"{checkpointer.directory}. Lower optimizer.lr, raise optimizer.warmup_steps, "
+                "or set train.on_nonfinite='skip' to drop such updates.")
+        skips = 0
+        last_loss = host["loss"]
+        log.step_done(step, host, data_stats, hold)
+
+    preempt = ckpt_lib.PreemptionHandler()
+    try:
+        with preempt:
+            for i in range(start, t.steps):
+                local = next(train_iter)
+                stats.update(local)
+                batch = global_batch(mesh, {k: local[k] for k in data.batch_keys}, rules)
+                state, dev_metrics = train_step(state, batch)
+                step = i + 1
+                if pending is not None:
+                    settle(pending)
+                pending = (step, dev_metrics, stats.scalars())
+                stopping = preempt.reached(step)
+                final = step == t.steps
+                due_eval = bool(data.eval_batches) and (
+                    final or (t.eval_every > 0 and step % t.eval_every == 0))
+                if stopping or final or checkpointer.should_save(step) or due_eval:
+                    settle(pending, hold=due_eval)  # Never save or evaluate an unchecked state.
+                    pending = None
+                if due_eval:
+                    t_eval = time.perf_counter()
+                    eval_losses = _evaluate(eval_step, state.params, data, mesh, rules)
+                    log.add_eval(step, eval_losses, time.perf_counter() - t_eval)
+                if stopping or final or checkpointer.should_save(step):
+                    save(step, force=True)
+                if stopping:
+                    status = "preempted"
+                    logging.warning("%s received: saved step %d; exiting cleanly",
+                                    preempt.signal_name or "preemption", step)
+                    break
+            if pending is not None:
+                settle(pending)
+    finally:
+        checkpointer.close()
+        log.close()
+    end = int(jax.device_get(state.step)) if status != "completed" else t.steps
+    return TrainResult(status, start, end, last_loss, eval_losses, time.perf_counter() - t0)
+
+
+def _maybe_initialize_distributed(dist_cfg) -> None:
+    """Multi-process set-up (``distributed.enabled``: 'auto' | 'yes' | 'no').
+
+    'auto' joins a multi-process job when the config or the environment
+    (SLURM, Open MPI, TPU pod, JAX_COORDINATOR_ADDRESS) names one; 'yes' also
+    fails if the result is a single process; 'no' never initializes.
+    """
+    if dist_cfg.enabled == "no":
+        return
+    from llama_jax import distributed
+
+    ids = [int(x) for x in dist_cfg.local_device_ids.split(",") if x.strip()]
+    info = distributed.initialize(
+        coordinator_address=dist_cfg.coordinator_address or None,
+        num_processes=dist_cfg.num_processes, process_id=dist_cfg.process_id,
+        local_device_ids=ids or None)
+    if dist_cfg.enabled == "yes" and info.process_count == 1:
+        raise config_base.ConfigError(
+            "distributed.enabled='yes' but this is a single process: set "
+            "distributed.coordinator_address/num_processes/process_id or launch under "
+            "SLURM / a TPU pod (launch/)")
+    logging.info("process %d of %d, %d local devices of %d", info.process_index,
+                 info.process_count, info.local_device_count, info.device_count)

@@ -1,0 +1,135 @@
+"""Run configs: every file loads, Table 2's values, overrides and their errors."""
+
+from pathlib import Path
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from llama_jax import config_base
+from llama_jax.config_base import ConfigError
+from llama_jax.train import check_overrides, load_config_file
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+
+# Table 2 (lr, training tokens) and the shapes of Table 2.
+TABLE2 = {
+    "llama_7b": dict(lr=3.0e-4, tokens=1.0e12, dim=4096, n_heads=32, n_layers=32),
+    "llama_13b": dict(lr=3.0e-4, tokens=1.0e12, dim=5120, n_heads=40, n_layers=40),
+    "llama_33b": dict(lr=1.5e-4, tokens=1.4e12, dim=6656, n_heads=52, n_layers=60),
+    "llama_65b": dict(lr=1.5e-4, tokens=1.4e12, dim=8192, n_heads=64, n_layers=80),
+}
+TABLE1 = {"commoncrawl": 67.0, "c4": 15.0, "github": 4.5, "wikipedia": 4.5, "books": 4.5,
+          "arxiv": 2.5, "stackexchange": 2.0}
+
+
+def _parse(argv):
+    """Parse `argv` with a fresh config_flags definition (as the CLI does)."""
+    fv = flags.FlagValues()
+    # config_flags finds the override flags in the argv it is given at definition.
+    holder = config_flags.DEFINE_config_file("config", None, "cfg", flag_values=fv,
+                                             sys_argv=["prog", *argv])
+    fv(["prog", *argv])
+    return holder.value
+
+
+def test_config_files_exist():
+    assert {p.stem for p in CONFIGS} >= {"tiny", *TABLE2}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_loads_locked_and_validates(path):
+    config = _parse([f"--config={path}"])
+    assert isinstance(config, ml_collections.ConfigDict) and config.is_locked
+    mcfg = config_base.validate(config)
+    assert mcfg.max_seq_len >= config.train.seq_len
+    assert load_config_file(str(path)).to_dict() == config.to_dict()  # without flags too
+    text = path.read_text()
+    assert "python -m llama_jax.train --config=configs/" + path.name in text  # the command
+
+
+@pytest.mark.parametrize("name", sorted(TABLE2))
+def test_paper_configs_carry_table2(name):
+    config = load_config_file(str(Path(CONFIGS[0]).parent / f"{name}.py"))
+    want = TABLE2[name]
+    mcfg = config_base.validate(config)
+    assert (mcfg.dim, mcfg.n_heads, mcfg.n_layers) == (want["dim"], want["n_heads"], want["n_layers"])
+    assert mcfg.vocab_size == 32000
+    assert config.optimizer.lr == want["lr"]
+    assert config.train.seq_len == 2048 and config.train.batch_size == 2048
+    batch_tokens = config.train.batch_size * config.train.seq_len
+    assert batch_tokens == 4 * 2 ** 20  # "4M tokens"
+    assert abs(config.train.steps * batch_tokens - want["tokens"]) < batch_tokens
+    o = config.optimizer
+    assert (o.b1, o.b2, o.weight_decay, o.clip_norm) == (0.9, 0.95, 0.1, 1.0)
+    assert (o.warmup_steps, o.min_lr_ratio) == (2000, 0.1)
+    assert mcfg.remat_policy == "save_linear"
+    assert (mcfg.dtype, mcfg.param_dtype) == ("bfloat16", "float32")
+    weights = {s["name"]: s["weight"] for s in config.data.sources}
+    assert weights == TABLE1
+
+
+def test_tiny_is_the_embedded_cpu_default():
+    config = load_config_file(str(Path(CONFIGS[0]).parent / "tiny.py"))
+    mcfg = config_base.validate(config)
+    assert config.model.preset == "tiny" and config.data.corpus == "embedded"
+    assert mcfg.vocab_size == 4096 and mcfg.dtype == "float32"
+    assert config.optimizer.warmup_steps < config.train.steps // 5
+
+
+def test_overrides_apply_with_types():
+    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    config = _parse([f"--config={tiny}", "--config.train.steps=5", "--config.model.dim=64",
+                     "--config.mesh.data=2", "--config.optimizer.lr=1e-3",
+                     "--config.checkpoint.async_save=false", "--config.model.remat_policy=full"])
+    assert config.train.steps == 5 and config.model.dim == 64 and config.mesh.data == 2
+    assert config.optimizer.lr == 1e-3 and config.checkpoint.async_save is False
+    assert config_base.model_config(config.model).dim == 64
+
+
+def test_wrong_type_fails_in_flag_parsing():
+    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    with pytest.raises(flags.IllegalFlagValueError, match="train.steps"):
+        _parse([f"--config={tiny}", "--config.train.steps=abc"])
+    with pytest.raises(flags.IllegalFlagValueError, match="model.dim"):
+        _parse([f"--config={tiny}", "--config.model.dim=1.5"])
+
+
+def test_unknown_override_names_the_key_and_suggests():
+    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.stpes'.*did you mean 'train.steps'"):
+        check_overrides(["prog", f"--config={tiny}", "--config.train.stpes=5"])
+    with pytest.raises(ConfigError, match="no 'optimiser' in the config"):
+        check_overrides(["prog", f"--config={tiny}", "--config.optimiser.lr=1"])
+    check_overrides(["prog", f"--config={tiny}", "--config.train.steps=5"])  # a known key passes
+    with pytest.raises(AttributeError):  # config_flags itself refuses it too
+        _parse([f"--config={tiny}", "--config.train.stpes=5"])
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("train.on_nonfinite", "ignore", "train.on_nonfinite"),
+    ("train.seq_len", 4096, "max_seq_len"),
+    ("train.grad_accum_steps", 3, "grad_accum_steps"),
+    ("train.steps", 0, "train.steps"),
+    ("optimizer.decay_mask", "biases", "decay_mask"),
+    ("optimizer.min_lr_ratio", 2.0, "min_lr_ratio"),
+    ("model.n_heads", 7, "n_heads"),
+    ("model.preset", "llama_1b", "preset"),
+    ("data.corpus", "web", "data.corpus"),
+    ("mesh.rules", "embed", "mesh.rules"),
+    ("mesh.rules", "nonsense=fsdp", "unknown logical axis"),
+    ("mesh.tensor", 0, "mesh.tensor"),
+])
+def test_bad_values_fail_validation(key, value, match):
+    config = load_config_file(str(Path(CONFIGS[0]).parent / "tiny.py"))
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=match):
+        config_base.validate(config)
+
+
+def test_rules_override_string():
+    base = (("embed", "fsdp"), ("mlp", "tensor"), ("vocab", "tensor"))
+    rules = dict(config_base.parse_rules("mlp=tensor+sequence, vocab=", base))
+    assert rules == {"embed": "fsdp", "mlp": ("tensor", "sequence"), "vocab": None}
