@@ -4,9 +4,10 @@
 
 One line per run (training loss against tokens seen, read from each
 ``WORKDIR/metrics.jsonl``), a legend with the run names, the x axis in
-billions / millions / thousands of tokens as the data need. ``--key`` plots
-another logged value (e.g. ``eval_loss/python``), ``--smooth`` applies an
-exponential moving average. Drawn with `llama_jax.png` (no matplotlib).
+billions / millions / thousands of tokens as the data need. The y value is
+``loss_mean`` (training loss averaged since the previous record); ``--key``
+plots another logged value (``loss``, ``eval_loss/code``, ...), ``--smooth``
+applies an exponential moving average. Drawn with `llama_jax.png` (no matplotlib).
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ def ema(values: Sequence[float], smooth: float) -> list[float]:
     return out
 
 
-def load_series(workdir: str | Path, key: str = "loss", x_key: str = "tokens"):
-    """(xs, ys) of finite `key` values against `x_key` from a workdir's metrics."""
+def load_series(workdir: str | Path, key: str = "loss_mean", x_key: str = "tokens"):
+    """(xs, ys) of finite `key` values against `x_key` from a workdir's metrics.
+
+    ``loss_mean`` (the mean training loss since the previous record) falls
+    back to ``loss`` in records that lack it.
+    """
     xs, ys = [], []
     for rec in read_metrics(workdir):
-        x, y = rec.get(x_key), rec.get(key)
+        x, y = rec.get(x_key), rec.get(key, rec.get("loss") if key == "loss_mean" else None)
         if isinstance(x, int | float) and isinstance(y, int | float) and math.isfinite(y):
             xs.append(float(x))
             ys.append(float(y))
@@ -127,7 +132,8 @@ def plot_runs(series: dict[str, tuple[list[float], list[float]]], out: str | Pat
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "loss.png", "Output PNG path.")
-flags.DEFINE_string("key", "loss", "Metric to plot against tokens (e.g. eval_loss/python).")
+flags.DEFINE_string("key", "loss_mean", "Metric to plot against tokens: loss_mean (training "
+                    "loss averaged between records), loss, eval_loss/<source>, ...")
 flags.DEFINE_list("labels", [], "Legend names, one per workdir (default: folder names).")
 flags.DEFINE_float("smooth", 0.0, "EMA weight on the past in [0, 1) (0 = raw values).")
 flags.DEFINE_string("title", "", "Title above the plot.")
@@ -146,7 +152,7 @@ def main(argv: Sequence[str]) -> None:
     for label, workdir in zip(labels, workdirs, strict=True):
         xs, ys = load_series(workdir, FLAGS.key)
         series[label] = (xs, ema(ys, FLAGS.smooth))
-    ylabel = "Training loss" if FLAGS.key == "loss" else FLAGS.key
+    ylabel = "Training loss" if FLAGS.key in ("loss", "loss_mean") else FLAGS.key
     path = plot_runs(series, FLAGS.out, ylabel=ylabel, title=FLAGS.title)
     print(f"wrote {path}", file=sys.stderr)
 

@@ -162,12 +162,23 @@ def init_train_state(model_config: LlamaConfig, optimizer: optax.GradientTransfo
     Returns:
       (state, state_shardings), both `TrainState`s.
     """
+    init, shardings = make_init(model_config, optimizer, mesh, rules)
+    return init(rng), shardings
+
+
+def make_init(model_config: LlamaConfig, optimizer: optax.GradientTransformation,
+              mesh: Mesh, rules: shd.Rules = shd.DEFAULT_RULES):
+    """(jitted `init(rng) -> TrainState` with sharded outputs, state shardings).
+
+    What `init_train_state` calls; exposed so its compiled memory can be
+    inspected (`init.lower(rng).compile().memory_analysis()`).
+    """
     check_remat_backend(model_config, mesh)
     _, shardings, boxed = _abstract(model_config, optimizer, mesh, rules)
     init = _init_fn(model_config, optimizer, boxed)
     jitted = JittedStep(lambda r: nn.meta.unbox(init(r)), mesh, rules,
                         out_shardings=shardings)
-    return jitted(rng), shardings
+    return jitted, shardings
 
 
 # --------------------------------------------------------------------------

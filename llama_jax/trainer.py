@@ -135,6 +135,7 @@ class _Logger:
                      self.flops_per_token)
         self._window_t: float | None = None
         self._window_step = start
+        self._first = start + 1  # logged too: the loss at the start, once compiled
         self._losses: list[float] = []
         self._last: tuple[int, float] = (start, float("nan"))
         self._held: tuple[int, dict] | None = None
@@ -149,7 +150,7 @@ class _Logger:
             self._window_t, self._window_step = now, step
         self._losses.append(host["loss"])
         self._last = (step, host["loss"])
-        if step % self.log_every and step != self.total:
+        if step % self.log_every and step not in (self.total, self._first):
             return
         elapsed = now - self._window_t
         steps = step - self._window_step
@@ -299,8 +300,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if not finite:
             if skip:
                 skips += 1
-                logging.warning("step %d: non-finite loss %s / grad norm %s: update skipped "
-                                "(%d in a row)", step, host["loss"], host["grad_norm"], skips)
+                logging.warning("step %d: non-finite loss or gradient (loss %s, gradient norm %s): "
+                                "update skipped (%d in a row)", step, host["loss"],
+                                host["grad_norm"], skips)
                 if skips <= t.max_consecutive_skips:
                     log.step_done(step, host, data_stats, hold)
                     return

@@ -26,8 +26,10 @@ from llama_jax.model import Llama, LlamaConfig
 MESH_SHAPES = [(8, 1, 1, 1), (1, 8, 1, 1), (1, 1, 8, 1), (1, 1, 1, 8), (2, 2, 2, 1), (1, 2, 2, 2)]
 B, L = 8, 16
 RTOL = 1e-5
+# The conftest `tiny_config` with the paper's remat policy (the production
+# path; tests/test_remat.py shows it gives the gradients of no remat).
 CONFIG = LlamaConfig(dim=64, n_layers=2, n_heads=8, n_kv_heads=8, vocab_size=256,
-                     multiple_of=32, max_seq_len=64)  # the conftest `tiny_config`
+                     multiple_of=32, max_seq_len=64, remat_policy="save_linear")
 
 
 class CaptureState(NamedTuple):
@@ -231,3 +233,17 @@ def test_eval_step_sums_match(reference):
     assert set(out) == {"loss_sum", "num_tokens"}
     np.testing.assert_allclose(out["loss_sum"] / out["num_tokens"], reference["m1"]["loss"], rtol=RTOL)
     assert out["num_tokens"] == reference["m1"]["num_tokens"]
+
+
+def test_init_never_materialises_the_full_model():
+    """The jitted init on an 8-way fsdp mesh: each device's compiled output
+    and scratch hold ~1/8 of the params + Adam state, not the whole thing."""
+    config = CONFIG.replace(dim=512, n_layers=4, vocab_size=4096)
+    mesh = shd.make_mesh((1, 8, 1, 1))
+    init, shardings = st.make_init(config, optax.adamw(1e-3), mesh, shd.DEFAULT_RULES)
+    mem = init.lower(jax.random.key(0)).compile().memory_analysis()
+    abstract, _ = st.abstract_train_state(config, optax.adamw(1e-3), mesh)
+    full = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+    assert full > 150e6  # params + mu + nu of a ~17M-parameter model
+    assert mem.output_size_in_bytes < full / 8 * 1.05
+    assert mem.temp_size_in_bytes < full / 8

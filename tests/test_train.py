@@ -240,3 +240,18 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path):
         assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(params))
     recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in recs)
+
+
+def test_nonfinite_skip_drops_updates_then_gives_up(root, tmp_path):
+    wd = tmp_path / "skipping"
+    config = th.micro_config(root, **{"train.steps": 12, "checkpoint.every": 100,
+                                      "train.eval_batches": 0, "optimizer.lr": 1e30,
+                                      "train.on_nonfinite": "skip",
+                                      "train.max_consecutive_skips": 2})
+    with pytest.raises(NonFiniteLossError, match="after 3 skipped updates in a row"):
+        train_and_evaluate(config, str(wd))
+    recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    # The huge first update leaves the loss finite (RMSNorm) but the gradients NaN.
+    skipped = [r["step"] for r in recs
+               if not (np.isfinite(float(r["loss"])) and np.isfinite(float(r["grad_norm"])))]
+    assert len(skipped) == 2 and skipped == list(range(skipped[0], skipped[0] + 2))
