@@ -130,6 +130,13 @@ class Checkpointer:
         key_data = jax.random.key_data(abstract_rng)
         target = {"train_state": abstract_state,
                   "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype)}
+        saved = self.manager.item_metadata(step)[STATE]
+        diffs = _shape_diffs(getattr(saved, "tree", saved), target)
+        if diffs:
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} holds arrays of other shapes than "
+                "this run's train state:\n  " + "\n  ".join(diffs[:8])
+                + "\nUse the config that wrote it, or a fresh --workdir.")
         items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
         if self.with_data and data_iterator is not None:
             import grain
@@ -162,6 +169,21 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _path_names(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _shape_diffs(saved_tree: Any, target: Any) -> list[str]:
+    """'path: saved shape vs wanted shape' for arrays present in both trees."""
+    saved = {_path_names(p): tuple(leaf.shape)
+             for p, leaf in jax.tree_util.tree_flatten_with_path(saved_tree)[0]
+             if hasattr(leaf, "shape")}
+    wanted = {_path_names(p): tuple(leaf.shape)
+              for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+    return [f"{k}: checkpoint {saved[k]}, this run {wanted[k]}"
+            for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
 
 
 def _jsonable(x: Any) -> Any:
@@ -302,8 +324,10 @@ def load_params(path: str | Path, *, shardings: Any = None) -> tuple[LlamaConfig
     meta = read_meta(step_dir)
     config = LlamaConfig.from_dict(meta["model_config"])
     state_dir = (step_dir / STATE).absolute()
+    from etils import epath
+
+    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
     checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(state_dir).item_metadata.tree
     saved = tree["train_state"]["params"]
     if shardings is None:
         device = jax.devices()[0]
