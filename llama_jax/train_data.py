@@ -30,6 +30,7 @@ class DataSetup:
     """What the loop needs from the data side."""
 
     tokenizer: Any
+    tokenizer_path: str
     source_names: list[str]
     make_train_iterator: Callable[[], Any]
     eval_batches: dict[str, list[dict[str, np.ndarray]]]
@@ -110,5 +111,5 @@ def setup_data(config: ml_collections.ConfigDict, model_config: LlamaConfig) -> 
                     src, tokenizer, seq_len=t.seq_len, batch_size=eval_bs,
                     max_batches=t.eval_batches, source_id=i, process_index=process_index,
                     process_count=process_count)]
-    return DataSetup(tokenizer=tokenizer, source_names=names, make_train_iterator=make_iter,
-                     eval_batches=eval_batches)
+    return DataSetup(tokenizer=tokenizer, tokenizer_path=tok_path, source_names=names,
+                     make_train_iterator=make_iter, eval_batches=eval_batches)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -246,6 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     _maybe_initialize_distributed(config.distributed)
     data = setup_data(config, mcfg)  # Missing paths / vocab mismatch fail here.
+    _keep_tokenizer(data.tokenizer_path, workdir)
     mesh, rules = _mesh_and_rules(config)
     _check_batch_divides(config, mesh)
     skip = t.on_nonfinite == "skip"
@@ -356,6 +359,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         log.close()
     end = int(jax.device_get(state.step)) if status != "completed" else t.steps
     return TrainResult(status, start, end, last_loss, eval_losses, time.perf_counter() - t0)
+
+
+def _keep_tokenizer(tok_path: str, workdir: str) -> None:
+    """Copy the run's tokenizer to WORKDIR/tokenizer.model, where eval and
+    generate look by default (atomically; the workdir then travels whole)."""
+    if jax.process_index() != 0:
+        return
+    dst = Path(workdir) / "tokenizer.model"
+    tmp = dst.with_suffix(".model.tmp")
+    shutil.copyfile(tok_path, tmp)
+    os.replace(tmp, dst)
 
 
 def _maybe_initialize_distributed(dist_cfg) -> None:
