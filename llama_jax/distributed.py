@@ -5,10 +5,12 @@ them through `jax.distributed.initialize` before any JAX computation. With
 no arguments it initialises only when the environment names a multi-process
 job (JAX's own variables, SLURM, Open MPI, a multi-host TPU slice) and lets
 JAX auto-detect the rest; a single process is a no-op, so the same training
-script runs on a laptop. After it, build the mesh with
-`llama_jax.sharding.mesh_from_config` (hosts go on the slow DCN axes) and
-give each process only its share of the global batch
-(`sharding.process_batch_slices` -> `step.global_batch`).
+script runs on a laptop. It must run before anything touches a JAX backend
+(the trainer calls `initialize_from_config` first thing). After it, build the
+mesh with `llama_jax.sharding.mesh_from_config` (hosts go on the slow DCN
+axes); each process loads only its share of every global batch (the data
+pipeline's rows ``[p * B/P, (p+1) * B/P)``) and `step.global_batch` assembles
+the global array.
 """
 
 from __future__ import annotations
@@ -110,10 +112,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return process_info()
 
 
+ENABLED = ("auto", "yes", "no")
+
+
 def initialize_from_config(dist_cfg: Any = None) -> ProcessInfo:
-    """`initialize` with keys `coordinator_address`, `num_processes`,
-    `process_id`, `local_device_ids` read from a config part (a mapping or an
-    ml_collections ConfigDict; missing or None keys fall back to the env)."""
+    """`initialize` driven by a config part (the run config's ``distributed``).
+
+    Keys (a mapping or an ml_collections ConfigDict; missing or None keys fall
+    back to the environment): `enabled` ('auto': join a multi-process job
+    when the config or the environment names one; 'yes': the same, but a
+    single process is an error; 'no': never initialise), `coordinator_address`,
+    `num_processes`, `process_id`, `local_device_ids` (ints or "0,1").
+
+    Raises:
+      ConfigError (a ValueError): an unknown `enabled`, an incomplete explicit
+        spec, or ``enabled='yes'`` that ends up with one process.
+    """
+    from llama_jax.config_base import ConfigError
 
     def get(key):
         if dist_cfg is None:
@@ -122,13 +137,30 @@ def initialize_from_config(dist_cfg: Any = None) -> ProcessInfo:
             return dist_cfg.get(key, None)
         return getattr(dist_cfg, key, None)
 
+    enabled = get("enabled") or "auto"
+    if enabled not in ENABLED:
+        raise ConfigError(f"distributed.enabled={enabled!r} is not one of {ENABLED}")
+    if enabled == "no":
+        return process_info()
     ids = get("local_device_ids")
     if isinstance(ids, str):
         ids = [int(i) for i in ids.split(",") if i.strip()]
-    return initialize(coordinator_address=get("coordinator_address") or None,
-                      num_processes=get("num_processes") or None,
-                      process_id=get("process_id"),
-                      local_device_ids=ids or None)
+    elif isinstance(ids, int):
+        ids = [ids]
+    try:
+        info = initialize(coordinator_address=get("coordinator_address") or None,
+                          num_processes=get("num_processes") or None,
+                          process_id=get("process_id"),
+                          local_device_ids=ids or None)
+    except ValueError as e:
+        raise ConfigError(f"{e} (config keys distributed.coordinator_address, "
+                          "distributed.num_processes, distributed.process_id)") from e
+    if enabled == "yes" and info.process_count == 1:
+        raise ConfigError(
+            "distributed.enabled='yes' but this is a single process: set "
+            "distributed.coordinator_address/num_processes/process_id or launch under "
+            "SLURM / Open MPI / a TPU pod (launch/)")
+    return info
 
 
 def shutdown() -> None:

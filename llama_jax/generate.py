@@ -18,6 +18,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
@@ -65,6 +66,8 @@ def read_prompts(path: str) -> list[str]:
 def main(argv):
     """Parse flags, load the model, sample, print (and write) the texts."""
     del argv
+    if not FLAGS["verbosity"].present:  # Quiet orbax/JAX INFO lines unless asked (-v 0).
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required")
     try:
@@ -83,13 +86,13 @@ def main(argv):
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
         tokenizer = Tokenizer.load(FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model"))
         overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else None
+        mesh = placement.parse_mesh(FLAGS.mesh)
         config, params = llama_jax.from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                                    config_overrides=overrides)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    generator = Generator(config, params, mesh=placement.parse_mesh(FLAGS.mesh),
-                          batch_size=FLAGS.batch_size)
+    generator = Generator(config, params, mesh=mesh, batch_size=FLAGS.batch_size)
     del params  # the generator holds them on the mesh; free the host copy
     outs = generate_text(generator, tokenizer, prompts, max_new_tokens=FLAGS.max_new_tokens,
                          sampling=sampling, num_samples=FLAGS.num_samples, stop=FLAGS.stop,

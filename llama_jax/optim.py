@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from llama_jax.sharding import path_str
+
 # Which parameters weight decay applies to.
 DECAY_MASKS = (
     # Matrices only: per-layer ndim >= 2 (attention/FFN kernels, the token
@@ -94,11 +96,18 @@ def _schedule_value(xp, count, peak_lr, warmup_steps, total_steps, min_lr_ratio)
     return xp.where(t <= warmup_steps, warm, cosine).astype(xp.float32)
 
 
-def _key_name(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
+def schedule_count(opt_state: Any) -> jax.Array | None:
+    """The update count the learning-rate schedule will see next: the ``count``
+    of the chain's `optax.ScaleByScheduleState` (None if it has none).
+
+    Unlike the train state's step it does not advance over updates that
+    ``optax.apply_if_finite`` skipped, so ``lr_at(schedule_count(...))`` is the
+    learning rate actually used.
+    """
+    found = [x for x in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(x, optax.ScaleByScheduleState)]
+    return found[0].count if found else None
 
 
 def decay_mask(params: Any, choice: str = "matrices") -> Any:
@@ -112,7 +121,7 @@ def decay_mask(params: Any, choice: str = "matrices") -> Any:
         raise ValueError(f"optimizer.decay_mask={choice!r} is not one of {DECAY_MASKS}")
 
     def leaf_mask(path, leaf):
-        names = [_key_name(p) for p in path]
+        names = path_str(path).split("/")
         stacked = bool(names) and names[0] == "layers"
         per_layer_ndim = leaf.ndim - (1 if stacked else 0)
         if choice == "all":

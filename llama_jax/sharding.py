@@ -77,48 +77,60 @@ def _as_axes(value: Any, where: str) -> MeshAxes:
     return axes[0] if len(axes) == 1 else axes
 
 
-def make_rules(overrides: Mapping[str, Any] | Sequence[Sequence[Any]] | None = None,
+def _parse_rules_text(text: str) -> list[tuple[str, Any]]:
+    """``'name=axis[+axis],name='`` -> [(name, axes)]; an empty right-hand side is None."""
+    pairs = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"sharding rule entry {item.strip()!r} must look like "
+                             "'logical=axis', 'logical=axis+axis' or 'logical=' (replicated)")
+        name, value = (s.strip() for s in item.split("=", 1))
+        axes = tuple(a.strip() for a in value.split("+") if a.strip())
+        pairs.append((name, axes or None))
+    return pairs
+
+
+def make_rules(overrides: str | Mapping[str, Any] | Sequence[Sequence[Any]] | None = None,
                base: Rules = DEFAULT_RULES) -> Rules:
-    """`base` with `overrides` applied: a rule of the same logical name is
-    replaced in place, a new name is appended.
+    """`base` with `overrides` applied in place: the one parser of rule overrides.
 
     Args:
-      overrides: a mapping ``logical name -> mesh axis | tuple of axes | None``
-        (e.g. an ml_collections ConfigDict) or a sequence of such pairs.
+      overrides: None or ``''`` (no change); a string
+        ``'name=axis[+axis],name='`` as the ``mesh.rules`` config key takes it
+        (an empty right-hand side means replicated); a mapping ``logical name
+        -> mesh axis | tuple of axes | None`` (e.g. an ml_collections
+        ConfigDict); or a sequence of such pairs.
       base: the table to start from.
+
+    Raises:
+      ValueError: for an entry that is not ``name=axes`` / a pair, a logical
+        name `base` has no rule for (listing the known names: a mistyped name
+        is never silently added), or an unknown / repeated mesh axis.
     """
     rules = [(name, _as_axes(axes, repr(name))) for name, axes in base]
     if overrides is None:
         return tuple(rules)
-    pairs = overrides.items() if isinstance(overrides, Mapping) else overrides
+    if isinstance(overrides, str):
+        pairs: Any = _parse_rules_text(overrides)
+    elif hasattr(overrides, "to_dict"):  # an ml_collections ConfigDict
+        pairs = overrides.to_dict().items()
+    elif isinstance(overrides, Mapping):
+        pairs = overrides.items()
+    else:
+        pairs = overrides
+    known = [n for n, _ in rules]
     for pair in pairs:
-        if len(pair) != 2:
+        if isinstance(pair, str) or len(pair) != 2:
             raise ValueError(f"sharding rule {pair!r} must be a (logical name, mesh axes) pair")
-        name, axes = pair
-        new = (str(name), _as_axes(axes, repr(name)))
-        idx = [i for i, (n, _) in enumerate(rules) if n == new[0]]
-        if idx:
-            for i in idx:
-                rules[i] = new
-        else:
-            rules.append(new)
-    # Drop duplicates that an override may have produced (keep the first).
-    seen, out = set(), []
-    for name, axes in rules:
-        if name not in seen:
-            seen.add(name)
-            out.append((name, axes))
-    return tuple(out)
-
-
-def rules_from_config(rules_cfg: Any = None) -> Rules:
-    """Rules from a config part: None -> `DEFAULT_RULES`; a mapping or pairs
-    override entries of the default table (see `make_rules`)."""
-    if rules_cfg is None:
-        return DEFAULT_RULES
-    if hasattr(rules_cfg, "to_dict"):
-        rules_cfg = rules_cfg.to_dict()
-    return make_rules(rules_cfg)
+        name, axes = str(pair[0]), pair[1]
+        if name not in known:
+            raise ValueError(f"sharding rules: unknown logical axis {name!r}; rules can only "
+                             f"re-map the known logical axes {sorted(set(known))}")
+        new = (name, _as_axes(axes, repr(name)))
+        rules = [new if n == name else (n, a) for n, a in rules]
+    return tuple(rules)
 
 
 def logical_to_spec(names: Sequence[str | None], rules: Rules, *,
@@ -169,9 +181,10 @@ def is_boxed(x: Any) -> bool:
     return isinstance(x, nn.meta.AxisMetadata)
 
 
-def leaf_sharding(where: str, leaf: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
+def leaf_sharding(where: str, leaf: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
+                  strict: bool = True) -> NamedSharding:
     """The `NamedSharding` of one boxed abstract leaf named `where` (see
-    `logical_shardings` for the rules and errors)."""
+    `logical_shardings` for the rules, `strict` and the errors)."""
     if not is_boxed(leaf):
         if not tuple(getattr(leaf, "shape", ())):
             return NamedSharding(mesh, PartitionSpec())
@@ -183,17 +196,20 @@ def leaf_sharding(where: str, leaf: Any, mesh: Mesh, rules: Rules = DEFAULT_RULE
         raise ValueError(f"parameter {where!r}: logical names {names} do not match "
                          f"its shape {shape}")
     spec = logical_to_spec(names, rules, what=f"parameter {where!r}")
+    fitted = []
     for dim, (size, axes, name) in enumerate(zip(shape, spec, names, strict=True)):
         n = _axes_size(mesh, axes)
-        if size % n:
+        if size % n and strict:
             raise ValueError(
                 f"parameter {where!r}: dimension {dim} ({name!r}) of size {size} is not "
                 f"divisible by mesh axis {axes!r} of size {n}; change the mesh shape "
                 f"or the rule for {name!r}")
-    return NamedSharding(mesh, spec)
+        fitted.append(None if size % n else axes)
+    return NamedSharding(mesh, PartitionSpec(*fitted))
 
 
-def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
+                      strict: bool = True) -> Any:
     """A tree of `NamedSharding` for a boxed abstract tree (from `jax.eval_shape`
     of a flax init: leaves are `nn.LogicallyPartitioned` boxes).
 
@@ -201,14 +217,22 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES)
     names are replicated only if they are scalars; any other leaf without names
     is an error (a weight without logical names would be silently replicated).
 
+    Args:
+      boxed_tree: the boxed abstract tree.
+      mesh: the mesh to shard over.
+      rules: logical-axis rules.
+      strict: True (training): a dimension that its mesh axes do not divide is
+        an error. False (evaluation, so any checkpoint runs on any mesh): that
+        dimension is replicated instead. Unknown logical names raise either way.
+
     Raises:
       ValueError: naming the parameter path and the logical axis for a name
-        with no rule, or the parameter, dimension size, mesh axis and its size
-        when the mesh axis does not divide the dimension.
+        with no rule, or (strict) the parameter, dimension size, mesh axis and
+        its size when the mesh axis does not divide the dimension.
     """
 
     def one(path, leaf):
-        return leaf_sharding(path_str(path), leaf, mesh, rules)
+        return leaf_sharding(path_str(path), leaf, mesh, rules, strict=strict)
 
     return jax.tree_util.tree_map_with_path(one, boxed_tree, is_leaf=is_boxed)
 
@@ -356,35 +380,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def data_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
+def data_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
+                  shard_length: bool = True) -> NamedSharding:
     """Sharding of [batch, len] inputs: batch over `activation_batch`'s mesh
-    axes (data+fsdp by default), length over `activation_length`'s (sequence)."""
-    return NamedSharding(mesh, logical_to_spec(
-        ("activation_batch", "activation_length"), rules, what="input batch"))
+    axes (data+fsdp by default), length over `activation_length`'s (sequence).
 
-
-def process_batch_slices(mesh: Mesh, global_shape: Sequence[int],
-                         rules: Rules = DEFAULT_RULES) -> tuple[slice, ...]:
-    """The box of a global [batch, len] array that this process must load.
-
-    Every process loads only the rows (and, if `sequence` spans hosts, the
-    columns) its devices hold under `data_sharding`; pass that block to
-    `llama_jax.step.global_batch`.
+    `shard_length=False` keeps the length dimension whole, for inputs whose
+    length need not be a multiple of the `sequence` axis (evaluation buckets,
+    prompts).
     """
-    sharding = data_sharding(mesh, rules)
-    index_map = sharding.addressable_devices_indices_map(tuple(global_shape))
-    out = []
-    for dim, size in enumerate(global_shape):
-        starts = [idx[dim].start or 0 for idx in index_map.values()]
-        stops = [size if idx[dim].stop is None else idx[dim].stop for idx in index_map.values()]
-        lo, hi = min(starts), max(stops)
-        covered = sum(b - a for a, b in {(a, b) for a, b in zip(starts, stops, strict=True)})
-        if covered != hi - lo:
-            raise ValueError(f"this process's devices hold a non-contiguous part of dim {dim} "
-                             f"of the batch {tuple(global_shape)}; use a hybrid mesh "
-                             "(mesh_from_config) so each host owns one block")
-        out.append(slice(lo, hi))
-    return tuple(out)
+    names = ("activation_batch", "activation_length" if shard_length else None)
+    return NamedSharding(mesh, logical_to_spec(names, rules, what="input batch"))
 
 
 @contextlib.contextmanager

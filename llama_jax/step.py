@@ -29,8 +29,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from llama_jax import sharding as shd
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import Llama
+from llama_jax.optim import schedule_count
 
 Batch = Mapping[str, jax.Array]
+# The [batch, len] arrays a training batch carries (the data side adds per-row metadata).
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 
 
@@ -274,7 +276,9 @@ def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransfor
     In/out shardings are explicit (`state_shardings`, `data_sharding` for every
     batch array, replicated metrics); the state is donated. Metrics: `loss`
     (mean over counted tokens), `grad_norm` (global L2 norm before any
-    clipping the optimizer does), `param_norm`, `num_tokens`.
+    clipping the optimizer does), `param_norm`, `num_tokens`, `update_count`
+    (the learning-rate schedule's count this update used: skipped non-finite
+    updates do not advance it; the step count for a schedule-less optimizer).
 
     With `grad_accum_steps` = k > 1 the global batch is split inside the jit
     into k microbatches (`lax.scan`); gradients and losses are summed and
@@ -294,11 +298,13 @@ def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransfor
         grads = jax.lax.with_sharding_constraint(grads, param_shardings)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        sched_count = schedule_count(state.opt_state)
         metrics = {
             "loss": total / denom,
             "grad_norm": global_norm(grads),
             "param_norm": global_norm(params),
             "num_tokens": count,
+            "update_count": state.step if sched_count is None else sched_count,
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -331,11 +337,11 @@ def global_batch(mesh: Mesh, local_batch: Mapping[str, Any], rules: shd.Rules = 
                  global_shape: tuple[int, ...] | None = None) -> dict[str, jax.Array]:
     """Global, sharded arrays from this process's share of the batch.
 
-    `local_batch` maps names to numpy [local_batch, len] arrays: the block
-    `sharding.process_batch_slices(mesh, global_shape)` names (the whole batch
-    in a single process). Built with `jax.make_array_from_process_local_data`
-    under `data_sharding(mesh, rules)`; `global_shape` is inferred (even split
-    across processes) when not given. Bool arrays are kept bool.
+    `local_batch` maps names to numpy [local_batch, len] arrays: this
+    process's equal share of the rows (the whole batch in a single process),
+    placed on the rows its devices hold under `data_sharding(mesh, rules)`
+    (`jax.make_array_from_process_local_data`); `global_shape` is inferred
+    (even split across processes) when not given. Bool arrays are kept bool.
     """
     sharding: NamedSharding = shd.data_sharding(mesh, rules)
     out = {}

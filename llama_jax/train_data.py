@@ -3,7 +3,8 @@
 ``data.corpus='embedded'`` uses the corpus built from installed packages
 (`llama_jax.data.corpus.ensure_corpus`) and its tokenizer; ``'sources'`` uses
 ``data.sources`` (dicts of `SourceSpec` fields; relative paths are under
-``data.root``) with the SentencePiece model at ``data.tokenizer``. Everything
+``data.root``) with the SentencePiece model at ``data.tokenizer`` (default
+``<data.root>/tokenizer.model``, where the paper configs expect it). Everything
 is checked here, before compilation: missing files, a tokenizer whose
 vocabulary does not fit the model.
 """
@@ -19,10 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from llama_jax.config_base import ConfigError
+from llama_jax.config_base import DEFAULT_TOKENIZER, ConfigError
 from llama_jax.model.config import LlamaConfig
-
-BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
+from llama_jax.step import BATCH_KEYS
 
 
 @dataclasses.dataclass
@@ -67,10 +67,19 @@ def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[
         if d.get("kind") != "tfds":
             d["path"] = _resolve(d["path"], data_cfg.root)
         specs.append(SourceSpec.from_dict(d))
-    if not data_cfg.tokenizer:
-        raise ConfigError("data.tokenizer is empty: give the SentencePiece .model for these "
-                          "sources (train one with `python -m llama_jax.data.tokenizer`)")
-    return specs, _resolve(data_cfg.tokenizer, data_cfg.root)
+    if data_cfg.tokenizer:
+        return specs, _resolve(data_cfg.tokenizer, data_cfg.root)
+    how = ("set --config.data.tokenizer=PATH to the SentencePiece .model for these sources "
+           "(train one with `python -m llama_jax.data.tokenizer`)")
+    if not data_cfg.root:
+        raise ConfigError(f"data.tokenizer and data.root are both empty: {how}, or put it at "
+                          f"DATA_ROOT/{DEFAULT_TOKENIZER} and set --config.data.root=DATA_ROOT")
+    default = _resolve(DEFAULT_TOKENIZER, data_cfg.root)
+    if not os.path.isfile(default):
+        raise ConfigError(f"data.tokenizer is empty and its default {default!r} "
+                          f"(data.root/{DEFAULT_TOKENIZER}) does not exist: copy the tokenizer "
+                          f"there, or {how}")
+    return specs, default
 
 
 def setup_data(config: ml_collections.ConfigDict, model_config: LlamaConfig) -> DataSetup:

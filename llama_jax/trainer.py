@@ -1,13 +1,16 @@
 """The training loop behind ``python -m llama_jax.train``: `train_and_evaluate`.
 
 Order of work, so that every user error surfaces before anything compiles:
-config values -> the workdir's saved model config -> data paths and tokenizer
--> mesh and rules -> abstract state -> restore (or init) -> jitted steps ->
-loop. The loop feeds packed global batches from the grain iterator to the
-jitted train step, logs every ``train.log_every`` steps, evaluates held-out
-loss per source every ``train.eval_every`` steps, saves asynchronously every
-``checkpoint.every`` steps and at the end, and on SIGTERM/SIGINT saves at the
-next step boundary and returns ``status='preempted'`` (exit status 0).
+config values -> joining the multi-process job (before anything touches a
+JAX backend) -> the workdir's saved model config and run settings -> data
+paths and tokenizer -> mesh and rules -> abstract state -> restore (or init)
+-> jitted steps -> loop. The loop feeds packed global batches from the grain
+iterator to the jitted train step, logs every ``train.log_every`` steps (with
+per-source token and epoch counts summed over all processes), evaluates
+held-out loss per source every ``train.eval_every`` steps, saves
+asynchronously every ``checkpoint.every`` steps and at the end, and on
+SIGTERM/SIGINT saves at the next step boundary and returns
+``status='preempted'`` (exit status 0).
 
 Non-finite losses: with ``train.on_nonfinite='stop'`` the loop checks each
 step's loss and gradient norm (one step behind the device, and before every
@@ -20,6 +23,7 @@ loop stops only after ``train.max_consecutive_skips`` in a row.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -33,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from llama_jax import checkpoint as ckpt_lib
-from llama_jax import config_base, metrics, optim
+from llama_jax import config_base, distributed, metrics, optim
 from llama_jax import sharding as shd
 from llama_jax.model.config import LlamaConfig
 from llama_jax.step import (
@@ -67,9 +71,10 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 
 
 # Run settings a resumed run must share with the checkpoint: the data iterator's
-# position and the optimizer state's structure depend on them.
+# position, the token stream it continues and the optimizer state's structure
+# depend on them. (The tokenizer's content is checked too: `check_same_tokenizer`.)
 RESUME_KEYS = ("train.batch_size", "train.seq_len", "train.on_nonfinite", "data.corpus",
-               "data.sources", "data.seed", "data.num_workers", "data.root")
+               "data.sources", "data.seed", "data.num_workers", "data.root", "data.tokenizer")
 
 
 def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -90,11 +95,48 @@ def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workd
             "started with, or a fresh --workdir.")
 
 
-def _mesh_and_rules(config: ml_collections.ConfigDict):
+def file_digest(path: str) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_same_tokenizer(saved_digest: str | None, digest: str, path: str, workdir: str) -> None:
+    """Raise ConfigError when the tokenizer file differs from the one the
+    checkpoint was trained with (same path, new content, or another file)."""
+    if saved_digest is not None and saved_digest != digest:
+        raise config_base.ConfigError(
+            f"workdir {workdir} was trained with another tokenizer than {path} (SHA-256 "
+            f"{saved_digest[:12]}... vs {digest[:12]}...): resuming would continue on a "
+            f"different token stream. Use the run's own tokenizer (a copy is kept at "
+            f"{Path(workdir) / 'tokenizer.model'}) or a fresh --workdir.")
+
+
+def mesh_and_rules(config: ml_collections.ConfigDict):
+    """(mesh, rules) from the config's ``mesh`` section (sizes, ``dcn``, ``rules``)."""
     m = config.mesh
-    rules = shd.make_rules(config_base.parse_rules(m.rules, shd.DEFAULT_RULES))
-    mesh_cfg = {"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor, "sequence": m.sequence}
-    return shd.mesh_from_config(mesh_cfg), rules
+    try:
+        rules = shd.make_rules(m.rules)
+    except ValueError as e:
+        raise config_base.ConfigError(f"mesh.rules={m.rules!r}: {e}") from e
+    mesh_cfg = {axis: m[axis] for axis in shd.MESH_AXES}
+    dcn = {axis: m.dcn[axis] for axis in shd.MESH_AXES if m.dcn[axis] is not None}
+    if dcn:  # Otherwise automatic: hosts on `data` (or `fsdp`).
+        mesh_cfg["dcn"] = dcn
+    try:
+        return shd.mesh_from_config(mesh_cfg), rules
+    except ValueError as e:
+        raise config_base.ConfigError(f"mesh: {e}") from e
+
+
+def _process_allgather(x: np.ndarray) -> np.ndarray:
+    """[process_count, *x.shape]: every process's host value `x` (a collective)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x))
 
 
 def _check_batch_divides(config, mesh) -> None:
@@ -142,23 +184,30 @@ class _Logger:
         self._last: tuple[int, float] = (start, float("nan"))
         self._held: tuple[int, dict] | None = None
 
-    def step_done(self, step: int, host: dict[str, float], data_stats: dict[str, float],
+    def due(self, step: int) -> bool:
+        """Whether step `step` gets a record (the same answer on every process)."""
+        return step % self.log_every == 0 or step in (self.total, self._first)
+
+    def step_done(self, step: int, host: dict[str, float], data_stats: dict[str, float] | None,
                   hold: bool = False) -> None:
         """Record step `step`'s (1-based count of updates) host metrics and the
-        per-source data counters as of that step. With `hold`, the record
-        waits for `add_eval` to join the held-out losses of the same step."""
+        per-source data counters as of that step (given on `due` steps). With
+        `hold`, the record waits for `add_eval` to join the held-out losses of
+        the same step."""
         now = time.perf_counter()
         if self._window_t is None:  # The first step includes compilation.
             self._window_t, self._window_step = now, step
         self._losses.append(host["loss"])
         self._last = (step, host["loss"])
-        if step % self.log_every and step not in (self.total, self._first):
+        if not self.due(step):
             return
         elapsed = now - self._window_t
         steps = step - self._window_step
         record = {"tokens": step * self.tokens_per_step, "loss": host["loss"],
                   "loss_mean": float(np.mean(self._losses)),
-                  "lr": self.lr(step - 1), "grad_norm": host["grad_norm"],
+                  # The schedule's own count: skipped updates do not advance it.
+                  "lr": self.lr(int(host.get("update_count", step - 1))),
+                  "grad_norm": host["grad_norm"],
                   "param_norm": host.get("param_norm", float("nan"))}
         if steps > 0 and elapsed > 0:
             tps = steps * self.tokens_per_step / elapsed
@@ -167,7 +216,7 @@ class _Logger:
             util = metrics.mfu(tps, self.flops_per_token, self.n_devices, self.peak)
             if util is not None:
                 record["mfu"] = util
-        record.update(data_stats)
+        record.update(data_stats or {})
         self._window_t, self._window_step, self._losses = now, step, []
         if hold:
             self._held = (step, record)
@@ -236,6 +285,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         raise config_base.ConfigError(
             f"--workdir={workdir}: give a filesystem path; for object storage mount the bucket "
             "(e.g. gcsfuse) and pass the mount point")
+    # First, before anything touches a JAX backend (the checkpointer does):
+    # jax.distributed.initialize (and the gloo CPU-collectives choice) must
+    # precede backend initialisation.
+    info = distributed.initialize_from_config(config.distributed)
+    if info.process_count > 1:
+        logging.info("process %d of %d, %d local devices of %d", info.process_index,
+                     info.process_count, info.local_device_count, info.device_count)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     ck = config.checkpoint
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), every=ck.every,
@@ -246,10 +302,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         ckpt_lib.check_model_matches(meta["model_config"], mcfg, workdir)
         check_resumable(meta.get("config", {}), config, workdir)
 
-    _maybe_initialize_distributed(config.distributed)
     data = setup_data(config, mcfg)  # Missing paths / vocab mismatch fail here.
+    tokenizer_sha256 = file_digest(data.tokenizer_path)
+    if meta is not None:
+        check_same_tokenizer(meta.get("tokenizer_sha256"), tokenizer_sha256,
+                             data.tokenizer_path, workdir)
     _keep_tokenizer(data.tokenizer_path, workdir)
-    mesh, rules = _mesh_and_rules(config)
+    mesh, rules = mesh_and_rules(config)
     _check_batch_divides(config, mesh)
     skip = t.on_nonfinite == "skip"
     tx = optim.optimizer_from_config(config.optimizer, t.steps, skip_nonfinite=skip,
@@ -257,6 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     rng = jax.random.key(t.seed)
     train_iter = data.make_train_iterator()
     stats = metrics.SourceStats(data.source_names)
+    # Per-source counts live on each process (its rows); they are summed over
+    # processes (a collective, at the same steps everywhere) before use.
+    gather = _process_allgather if jax.process_count() > 1 else None
 
     if latest is not None:
         abstract, shardings = abstract_train_state(mcfg, tx, mesh, rules)
@@ -281,20 +343,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     config_json = _config_json(config)
 
     def save(step: int, force: bool) -> None:
+        stats.sync(gather)
         meta = {"config": config_json, "model_config": mcfg.to_dict(),
                 "tokens": step * t.batch_size * t.seq_len, "source_stats": stats.state(),
-                "mesh": dict(mesh.shape), "jax_version": jax.__version__}
+                "tokenizer_sha256": tokenizer_sha256, "mesh": dict(mesh.shape),
+                "jax_version": jax.__version__}
         if checkpointer.save(step, state, rng=rng, meta=meta, data_iterator=train_iter,
                              force=force):
             logging.info("checkpoint: saving step %d", step)
 
-    pending: tuple[int, dict, dict] | None = None
+    pending: tuple[int, dict, dict | None] | None = None
     skips = 0
     last_loss: float | None = None
     eval_losses: dict[str, float] = {}
     status = "completed"
 
-    def settle(p: tuple[int, dict, dict], hold: bool = False) -> None:
+    def settle(p: tuple[int, dict, dict | None], hold: bool = False) -> None:
         """Fetch a finished step's metrics; stop on non-finite values."""
         nonlocal skips, last_loss
         step, dev, data_stats = p
@@ -333,7 +397,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 step = i + 1
                 if pending is not None:
                     settle(pending)
-                pending = (step, dev_metrics, stats.scalars())
+                data_stats = None
+                if log.due(step):
+                    stats.sync(gather)
+                    data_stats = stats.scalars()
+                pending = (step, dev_metrics, data_stats)
                 stopping = preempt.reached(step)
                 final = step == t.steps
                 due_eval = bool(data.eval_batches) and (
@@ -370,28 +438,3 @@ def _keep_tokenizer(tok_path: str, workdir: str) -> None:
     tmp = dst.with_suffix(".model.tmp")
     shutil.copyfile(tok_path, tmp)
     os.replace(tmp, dst)
-
-
-def _maybe_initialize_distributed(dist_cfg) -> None:
-    """Multi-process set-up (``distributed.enabled``: 'auto' | 'yes' | 'no').
-
-    'auto' joins a multi-process job when the config or the environment
-    (SLURM, Open MPI, TPU pod, JAX_COORDINATOR_ADDRESS) names one; 'yes' also
-    fails if the result is a single process; 'no' never initializes.
-    """
-    if dist_cfg.enabled == "no":
-        return
-    from llama_jax import distributed
-
-    ids = [int(x) for x in dist_cfg.local_device_ids.split(",") if x.strip()]
-    info = distributed.initialize(
-        coordinator_address=dist_cfg.coordinator_address or None,
-        num_processes=dist_cfg.num_processes, process_id=dist_cfg.process_id,
-        local_device_ids=ids or None)
-    if dist_cfg.enabled == "yes" and info.process_count == 1:
-        raise config_base.ConfigError(
-            "distributed.enabled='yes' but this is a single process: set "
-            "distributed.coordinator_address/num_processes/process_id or launch under "
-            "SLURM / a TPU pod (launch/)")
-    logging.info("process %d of %d, %d local devices of %d", info.process_index,
-                 info.process_count, info.local_device_count, info.device_count)

@@ -2,8 +2,11 @@
 
 import os
 
-# Must happen before jax is imported anywhere in the test session.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must happen before jax is imported anywhere in the test session; appended so
+# flags a caller already set in XLA_FLAGS are kept.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -14,7 +17,7 @@ from llama_jax.model.config import LlamaConfig  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_config() -> LlamaConfig:
-    """A 2-layer GQA model that compiles in seconds; divisible by 8 devices."""
+    """A 2-layer multi-head model that compiles in seconds; divisible by 8 devices."""
     return LlamaConfig(dim=64, n_layers=2, n_heads=8, n_kv_heads=8, vocab_size=256,
                        multiple_of=32, max_seq_len=64)
 

@@ -160,3 +160,12 @@ def test_preemption_handler_sets_flag_and_restores_handlers():
             time.sleep(0.01)
         assert h.requested and h.reached(2) and h.signal_name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_preemption_service_probe_uses_public_jax_api():
+    """One process: no JAX preemption service, the local flag decides; the probe
+    reads only public API (jax._src moves between releases, e.g. 0.10 -> 0.11)."""
+    import inspect
+
+    assert not ck.PreemptionHandler._jax_service()
+    assert "jax._src" not in inspect.getsource(ck)

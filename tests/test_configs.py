@@ -1,5 +1,6 @@
 """Run configs: every file loads, Table 2's values, overrides and their errors."""
 
+import json
 from pathlib import Path
 
 import ml_collections
@@ -7,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from llama_jax import config_base
+from llama_jax import config_base, trainer
 from llama_jax.config_base import ConfigError
 from llama_jax.train import check_overrides, load_config_file
 
@@ -129,7 +130,75 @@ def test_bad_values_fail_validation(key, value, match):
         config_base.validate(config)
 
 
-def test_rules_override_string():
-    base = (("embed", "fsdp"), ("mlp", "tensor"), ("vocab", "tensor"))
-    rules = dict(config_base.parse_rules("mlp=tensor+sequence, vocab=", base))
-    assert rules == {"embed": "fsdp", "mlp": ("tensor", "sequence"), "vocab": None}
+def test_rules_override_string_reaches_the_mesh():
+    config = load_config_file(str(Path(CONFIGS[0]).parent / "tiny.py"))
+    config.mesh.rules = "mlp=tensor+sequence, vocab="
+    config_base.validate(config)
+    _, rules = trainer.mesh_and_rules(config)
+    assert dict(rules)["mlp"] == ("tensor", "sequence") and dict(rules)["vocab"] is None
+
+
+def test_mesh_dcn_loads_and_reaches_mesh_from_config(monkeypatch):
+    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    config = _parse([f"--config={tiny}", "--config.mesh.dcn.fsdp=2", "--config.mesh.fsdp=4"])
+    assert dict(config.mesh.dcn) == {"data": None, "fsdp": 2, "tensor": None, "sequence": None}
+    config_base.validate(config)
+    seen = []
+    real = trainer.shd.mesh_from_config
+    monkeypatch.setattr(trainer.shd, "mesh_from_config",
+                        lambda cfg, *a, **k: seen.append(cfg) or real(cfg, *a, **k))
+    # One host: a dcn split of 2 is refused by mesh_from_config, naming mesh.dcn.
+    with pytest.raises(ConfigError, match=r"mesh: mesh.dcn .*'fsdp': 2.* but there are 1 hosts"):
+        trainer.mesh_and_rules(config)
+    assert seen[-1]["dcn"] == {"fsdp": 2}
+    config.mesh.dcn.fsdp = 1
+    mesh, _ = trainer.mesh_and_rules(config)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1, "sequence": 1}
+    # All unset (the default): no dcn part, placement is automatic.
+    default = load_config_file(tiny)
+    trainer.mesh_and_rules(default)
+    assert "dcn" not in seen[-1]
+    default.mesh.dcn.data = 0
+    with pytest.raises(ConfigError, match=r"mesh.dcn.data=0 must be a positive"):
+        config_base.validate(default)
+
+
+def _paper_data(root: Path) -> None:
+    """Table 1's folders under `root`, a few JSONL documents each, and root/tokenizer.model."""
+    from llama_jax.data.mixture import PAPER_MIXTURE
+    from llama_jax.data.tokenizer import train_tokenizer
+
+    texts = []
+    for i, name in enumerate(PAPER_MIXTURE):
+        (root / name).mkdir(parents=True)
+        docs = [f"Document {j} of {name}: " + " ".join(f"word{(i * 7 + j * k) % 53}" for k in range(60))
+                for j in range(12)]
+        (root / name / "part-0.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        texts += docs
+    train_tokenizer(texts, root / "tokenizer", 300, num_threads=1)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE2))
+def test_paper_config_command_gets_past_data_setup(name, tmp_path):
+    """The documented command (only --config.data.root) with the model shrunk: the
+    tokenizer defaults to ROOT/tokenizer.model and every Table 1 source is found."""
+    from llama_jax.train_data import setup_data
+
+    root = tmp_path / "mixture"
+    config = _parse([f"--config={Path(CONFIGS[0]).parent / f'{name}.py'}",
+                     f"--config.data.root={root}", "--config.model.preset=tiny",
+                     "--config.model.vocab_size=300", "--config.model.max_seq_len=64",
+                     "--config.model.dtype=float32", "--config.train.seq_len=32",
+                     "--config.train.batch_size=8", "--config.train.eval_batches=1",
+                     "--config.data.num_workers=0"])
+    mcfg = config_base.validate(config)
+    with pytest.raises(ConfigError, match=r"data.tokenizer is empty and its default .*"
+                                          r"mixture/tokenizer.model.* does not exist"):
+        setup_data(config, mcfg)
+    _paper_data(root)
+    data = setup_data(config, mcfg)
+    assert data.tokenizer_path == str(root / "tokenizer.model")
+    assert data.source_names == list(TABLE1)
+    batch = next(data.make_train_iterator())
+    assert batch["inputs"].shape == (8, 32) and set(batch["source_id"]) <= set(range(7))
+    assert set(data.eval_batches) == set(TABLE1)

@@ -397,6 +397,25 @@ def test_report_uses_nearest_paper_size():
     assert "LLaMA-13B" in table
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--tasks=unknown_task"], "error: unknown task 'unknown_task'; known tasks: arc_challenge, "),
+    (["--tasks=boolq:x"], "error: task 'boolq:x': shots after ':' must be an integer"),
+    (["--tasks=boolq", "--mesh=1,2"], "error: mesh shape [1, 2] must give one size per axis"),
+])
+def test_eval_cli_user_errors_are_one_line_and_exit_2(flags, message, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-m", "llama_jax.eval", f"--checkpoint={tmp_path}",
+                           f"--data_dir={tmp_path}", *flags],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip().splitlines()[-1]]
+    assert done.stderr.strip().startswith(message)
+    if "unknown_task" in message:
+        assert "hellaswag" in done.stderr and "winogrande" in done.stderr
+
+
 # ----- the whole path with a real model ------------------------------------------------
 def test_eval_cli_end_to_end(data_dir, tmp_path):
     """`python -m llama_jax.eval` on a HF checkpoint with a SentencePiece tokenizer."""
@@ -493,3 +512,78 @@ def test_parquet_exports_are_read_when_pyarrow_is_there(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"test-00000-of-00001.parquet: reading Parquet needs "
                                         r"pyarrow.*pip install pyarrow"):
         get_task("arc_easy").run(_ctx(scorer), str(tmp_path), 0, None)
+
+
+def _build_tfds(folder, splits, features):
+    """A TFDS array_record data set {split: records} under `folder` (as
+    ``tfds.data_source(name, data_dir=folder)`` would find it)."""
+    import tensorflow_datasets as tfds
+
+    class Records(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "records"
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "Test records."}
+
+        def _info(self):
+            # Unshuffled: records keep the published order (--limit, few-shot draws).
+            return tfds.core.DatasetInfo(builder=self, disable_shuffling=True,
+                                         features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in splits}
+
+        def _generate_examples(self, split):
+            yield from enumerate(splits[split])
+
+    builder = Records(data_dir=str(folder), file_format="array_record")
+    builder.download_and_prepare()
+    return builder.data_dir
+
+
+def test_tasks_read_a_local_tfds_dataset_without_tensorflow(data_dir, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import numpy as np
+
+    text, texts = tfds.features.Text(), tfds.features.Sequence(tfds.features.Text())
+    root = tmp_path / "tfds_data"
+
+    def published(task, name):
+        return [json.loads(line) for line in (pathlib.Path(data_dir) / task / name).open()]
+
+    # HellaSwag as the HF export has it (string label), split "validation".
+    rows = [dict(r, label=str(r["label"])) for r in published("hellaswag", "hellaswag_val.jsonl")]
+    folder = _build_tfds(root / "hellaswag", {"validation": rows}, dict(
+        {k: text for k in ("activity_label", "ctx_a", "ctx_b", "ctx", "source_id", "split",
+                           "split_type", "label")}, ind=np.int32, endings=texts))
+    assert folder == str(root / "hellaswag" / "records" / "1.0.0")
+    # ARC-Easy in the HF schema: nested choices {text: [...], label: [...]}, split "test".
+    arc = [{"id": "Mercury_7", "question": "Which is a mammal?", "answerKey": "B",
+            "choices": {"text": ["shark", "whale, correct", "trout", "eel"],
+                        "label": ["A", "B", "C", "D"]}}]
+    _build_tfds(root / "arc_easy", {"test": arc}, dict(
+        id=text, question=text, answerKey=text, choices={"text": texts, "label": texts}))
+    # GSM8K: "test" to evaluate, "train" for the few-shot examples.
+    _build_tfds(root / "gsm8k", {"test": published("gsm8k", "test.jsonl"),
+                                 "train": published("gsm8k", "train.jsonl")},
+                dict(question=text, answer=text))
+
+    for name in ("hellaswag", "arc_easy"):
+        want_scorer, got_scorer = FakeScorer(prefers("correct")), FakeScorer(prefers("correct"))
+        want = get_task(name).run(_ctx(want_scorer), data_dir, 0, None)
+        got = get_task(name).run(_ctx(got_scorer), str(root), 0, None)
+        assert got_scorer.requests == want_scorer.requests and got == want
+        assert got["acc"] == 1.0
+    answers = {"Ann": " 7", "What is 10": " 20"}
+
+    def respond(prompt, s):
+        return next(v for k, v in answers.items() if k in prompt.rsplit("Question:", 1)[1])
+
+    want_gen, got_gen = FakeGenerator(respond), FakeGenerator(respond)
+    want = get_task("gsm8k").run(_ctx(generator=want_gen), data_dir, 1, None)
+    got = get_task("gsm8k").run(_ctx(generator=got_gen), str(root), 1, None)
+    assert got_gen.prompts == want_gen.prompts and got == want and got["maj1@1"] == 1.0
+    assert got_gen.prompts[0].startswith("Question: What is 1 + 1?\nAnswer: 1 + 1 = 2\n#### 2")
+    assert "tensorflow" not in sys.modules
+    # A data set without the split a task needs: the error names the split.
+    with pytest.raises(DataError, match=r"or a TFDS array_record data set with split validation"):
+        get_task("hellaswag").run(_ctx(want_scorer), str(root / "arc_easy"), 0, None)

@@ -214,3 +214,7 @@ def test_generate_cli(tmp_path, model, spm_tok):
     bad = subprocess.run([*cmd[:4], f"--prompts_file={tmp_path / 'missing.txt'}"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "missing.txt does not exist" in bad.stderr
+    bad = subprocess.run([*cmd[:6], "--mesh=1,2"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: mesh shape [1, 2] must give")

@@ -1,14 +1,16 @@
-"""Two JAX processes on localhost train like one process with the same batch.
+"""Two JAX processes on localhost train like one process with the same global batch.
 
-Each worker (`tests/multihost_worker.py`) has 2 fake CPU devices, joins the
-JAX distributed runtime with gloo CPU collectives, loads only its half of the
-global batch and runs 3 train steps on a hybrid (DCN x ICI) mesh. The
-reference is this (single) process on 4 of its 8 devices.
+`python -m llama_jax.train` runs as 2 processes with 2 fake CPU devices each,
+joined through `distributed.*` config keys (gloo CPU collectives); the mesh
+puts the processes on the `data` axis (DCN) and each process loads only its
+half of every global batch. The reference is `train_and_evaluate` in this
+(single) process on its 8 devices with the same config: losses, gradient
+norms, held-out loss and the per-source token counts (summed over processes)
+must match.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -16,16 +18,18 @@ import sys
 from pathlib import Path
 
 import jax
-import multihost_worker as worker
 import numpy as np
 import pytest
+import train_helpers as th
 
-from llama_jax import distributed
-from llama_jax import sharding as shd
-from llama_jax import step as st
+from llama_jax import checkpoint as ck
+from llama_jax import distributed, metrics
+from llama_jax.config_base import ConfigError
+from llama_jax.trainer import train_and_evaluate
 
 TIMEOUT_S = 420
 STEPS = 3
+RUN = {"train.steps": STEPS, "checkpoint.every": 100, "train.eval_batches": 1}
 
 
 def _free_port() -> int:
@@ -34,40 +38,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reference_metrics():
-    mesh = shd.make_mesh((2, 2, 1, 1), jax.devices()[:4])
-    config, optimizer = worker.make_config(), worker.make_optimizer()
-    state, shardings = st.init_train_state(config, optimizer, mesh, shd.DEFAULT_RULES,
-                                           jax.random.key(0))
-    train_step = st.make_train_step(config, optimizer, mesh, shd.DEFAULT_RULES, shardings)
-    out = []
-    for i in range(STEPS):
-        state, m = train_step(state, st.global_batch(mesh, worker.make_batch(i)))
-        out.append({k: float(v) for k, v in m.items()})
-    abs_sum = float(sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(state.params)))
-    return out, abs_sum
+def _records(workdir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in metrics.read_metrics(workdir) if "loss" in r}
 
 
 @pytest.mark.multiprocess
-def test_two_processes_match_one(tmp_path: Path):
+def test_two_processes_train_like_one(tmp_path: Path):
+    root = th.make_data(tmp_path / "data")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1])] + env.get("PYTHONPATH", "").split(os.pathsep))
-    procs, logs, outs = [], [], []
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(th.REPO)] + env.get("PYTHONPATH", "").split(os.pathsep))
+    two = tmp_path / "two"
+    procs, logs = [], []
     for pid in range(2):
-        out = tmp_path / f"result_{pid}.json"
-        log = open(tmp_path / f"worker_{pid}.log", "w")  # noqa: SIM115 - closed below
+        flags = th.override_flags(root, **RUN, **{
+            "distributed.enabled": "yes", "distributed.coordinator_address": f"localhost:{port}",
+            "distributed.num_processes": 2, "distributed.process_id": pid})
+        log = open(tmp_path / f"process_{pid}.log", "w")  # noqa: SIM115 - closed below
         procs.append(subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("multihost_worker.py")),
-             "--process_id", str(pid), "--num_processes", "2", "--port", str(port),
-             "--local_devices", "2", "--steps", str(STEPS), "--out", str(out)],
-            stdout=log, stderr=subprocess.STDOUT, env=env))
+            [sys.executable, "-m", "llama_jax.train", f"--config={th.REPO / 'configs' / 'tiny.py'}",
+             f"--workdir={two}", *flags], stdout=log, stderr=subprocess.STDOUT, env=env,
+            cwd=th.REPO))
         logs.append(log)
-        outs.append(out)
     try:
-        # The reference runs here while the workers compile.
-        ref_metrics, ref_abs_sum = _reference_metrics()
+        # The reference runs here while the processes compile.
+        one = tmp_path / "one"
+        ref = train_and_evaluate(th.micro_config(root, **RUN), str(one))
         codes = []
         for p in procs:
             try:
@@ -81,30 +78,34 @@ def test_two_processes_match_one(tmp_path: Path):
                 p.wait()
         for log in logs:
             log.close()
+    out = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
     if codes != [0, 0]:
-        tails = "\n".join(
-            f"--- worker {i} (exit {c}) ---\n"
-            + (tmp_path / f"worker_{i}.log").read_text()[-4000:]
-            for i, c in enumerate(codes))
-        pytest.fail(f"multi-process workers failed: {codes}\n{tails}")
+        pytest.fail(f"training processes failed: {codes}\n" + "\n".join(
+            f"--- process {i} (exit {c}) ---\n{text[-4000:]}"
+            for i, (c, text) in enumerate(zip(codes, out, strict=True))))
+    for i, text in enumerate(out):
+        assert f"process {i} of 2, 2 local devices of 4" in text
+        assert f"completed: step {STEPS}" in text
 
-    results = [json.loads(o.read_text()) for o in outs]
-    for i, r in enumerate(results):
-        assert r["process_index"] == i and r["process_count"] == 2
-        assert r["trace_count"] == 1
-    # Each process loaded only its own half of the rows.
-    assert [r["rows"] for r in results] == [[0, 4], [4, 8]]
-    # Hosts on the slow (data) axis, each host's 2 devices on fsdp.
-    assert results[0]["mesh_devices"] == [[0, 0], [1, 1]]
-    for r in results:
-        assert len(r["metrics"]) == STEPS
-        for got, want in zip(r["metrics"], ref_metrics, strict=True):
-            assert got["num_tokens"] == want["num_tokens"]
-            np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
-            np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5)
-        np.testing.assert_allclose(r["param_abs_sum"], ref_abs_sum, rtol=1e-5)
-    # Training moved: the three losses are not all equal.
-    assert len({round(m["loss"], 6) for m in ref_metrics}) == STEPS
+    got, want = _records(two), _records(one)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    for step in want:
+        np.testing.assert_allclose(got[step]["loss"], want[step]["loss"], rtol=1e-5)
+        np.testing.assert_allclose(got[step]["grad_norm"], want[step]["grad_norm"], rtol=1e-5)
+        assert got[step]["lr"] == want[step]["lr"]
+        # Per-source tokens are the whole job's (each process saw half the rows).
+        for name in ("code", "prose"):
+            assert got[step][f"tokens/{name}"] == want[step][f"tokens/{name}"]
+            assert got[step][f"epoch/{name}"] == pytest.approx(want[step][f"epoch/{name}"])
+    last = want[STEPS]
+    assert last["tokens/code"] > 0 and last["tokens/prose"] > 0
+    for name in ("code", "prose"):
+        np.testing.assert_allclose(got[STEPS][f"eval_loss/{name}"], ref.eval_losses[f"eval_loss/{name}"],
+                                   rtol=1e-5)
+    assert len({round(want[s]["loss"], 6) for s in want}) == STEPS  # training moved
+    meta2, meta1 = (ck.read_meta(w / "checkpoints" / str(STEPS)) for w in (two, one))
+    assert meta2["source_stats"] == meta1["source_stats"]
+    assert meta2["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1, "sequence": 1}
 
 
 def _clear_cluster_env(monkeypatch):
@@ -139,3 +140,16 @@ def test_detected_cluster_from_env(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     assert distributed.detected_cluster() == "ompi"
+
+
+def test_initialize_from_config_enabled(monkeypatch):
+    _clear_cluster_env(monkeypatch)
+    assert distributed.initialize_from_config({"enabled": "no"}).process_count == 1
+    assert distributed.initialize_from_config({"enabled": "auto"}).process_count == 1
+    with pytest.raises(ConfigError, match="distributed.enabled='yes' but this is a single process"):
+        distributed.initialize_from_config({"enabled": "yes"})
+    with pytest.raises(ConfigError, match=r"distributed.enabled='maybe' is not one of"):
+        distributed.initialize_from_config({"enabled": "maybe"})
+    with pytest.raises(ConfigError, match=r"give all of .*config keys distributed.coordinator_address"):
+        distributed.initialize_from_config({"coordinator_address": "localhost:1", "num_processes": 2})
+    assert not jax.distributed.is_initialized()

@@ -127,6 +127,9 @@ def test_skip_nonfinite_leaves_params_unchanged():
     updates, state = tx.update(good, state, p)
     assert np.all(np.asarray(optax.apply_updates(p, updates)["w"]) < 1.0)
     assert int(state.total_notfinite) == 1
+    # The schedule saw one update (the skipped one did not count).
+    assert int(optim.schedule_count(state)) == 1
+    assert optim.schedule_count({"no": "schedule"}) is None
 
 
 def test_paper_defaults():

@@ -128,3 +128,179 @@ def test_run_many_keeps_order():
     res = sandbox.run_many(progs, limits=FAST, workers=2)
     assert [r.passed for r in res] == [True, False, True]
     assert res[1].returncode == 3
+
+
+# --------------------------------------------------------------------------
+# Escapes: each program tries to change a file outside its directory. The
+# audit hook alone must stop every one, and so must the read-only mount
+# namespace alone (where the kernel allows it).
+
+_ESCAPES = {
+    "rebind_os_path_realpath": (
+        "os.path.realpath = lambda p, *a, **k: os.getcwd()\n"
+        "open(TARGET, 'w').write('x')\n"),
+    "rebind_guard_globals": (
+        "import __main__\n__main__.ROOT = '/'\n__main__._inside = lambda p: True\n"
+        "__main__._hook = lambda e, a: None\n"
+        "open(TARGET, 'w').write('x')\n"),
+    "rebind_builtins_and_posix": (
+        "import builtins, posix\nhere = os.getcwd()\n"
+        "builtins.isinstance = lambda *a: False\nbuiltins.len = lambda x: 0\n"
+        "os.lstat = posix.lstat = lambda *a, **k: os.stat(here)\n"
+        "os.getcwd = posix.getcwd = lambda: here\n"
+        "os.chdir(OUTDIR)\nopen(NAME, 'w').write('x')\n"),
+    "chdir_out_then_relative_write": "os.chdir(OUTDIR)\nopen(NAME, 'w').write('x')\n",
+    "os_open": "os.close(os.open(TARGET, os.O_WRONLY | os.O_CREAT))\n",
+    "os_open_relative_to_outside_dir_fd": (
+        "fd = os.open(OUTDIR, os.O_RDONLY)\n"
+        "os.close(os.open(NAME, os.O_WRONLY | os.O_CREAT, dir_fd=fd))\n"),
+    "os_open_dotdot_from_inside_dir_fd": (
+        "top = os.open('.', os.O_RDONLY)\nos.makedirs('a/b/c/d/e/f/g/h')\nos.chdir('a/b/c/d/e/f/g/h')\n"
+        "rel = os.path.relpath(TARGET, os.path.dirname(SANDBOX))\n"
+        "os.close(os.open('../' + rel, os.O_WRONLY | os.O_CREAT, dir_fd=top))\n"),
+    "rename_victim_in": "os.rename(VICTIM, 'stolen')\n",
+    "replace_onto_victim": "open('mine', 'w').write('x')\nos.replace('mine', VICTIM)\n",
+    "remove_victim": "os.remove(VICTIM)\n",
+    "unlink_victim_with_dir_fd": (
+        "fd = os.open(OUTDIR, os.O_RDONLY)\nos.unlink(os.path.basename(VICTIM), dir_fd=fd)\n"),
+    "truncate_victim": "os.truncate(VICTIM, 0)\n",
+    "chmod_victim_by_descriptor": "os.chmod(os.open(VICTIM, os.O_RDONLY), 0o777)\n",
+    "shutil_copy_out": "open('mine', 'w').write('x')\nshutil.copy('mine', TARGET)\n",
+    "shutil_move_victim_in": "shutil.move(VICTIM, 'here')\n",
+    "shutil_rmtree_outside": "shutil.rmtree(OUTDIR)\n",
+    "pathlib_write_text": "pathlib.Path(TARGET).write_text('x')\n",
+    "sqlite_database_outside": "sqlite3.connect(TARGET).execute('create table t (x)')\n",
+    "symlink_to_outside_then_write": "os.symlink(OUTDIR, 'link')\nopen('link/' + NAME, 'w').write('x')\n",
+    "relative_symlink_moved_to_point_outside": (
+        "os.makedirs('a/b')\nos.symlink('../..', 'a/b/up')\nos.rename('a/b', 'b')\n"
+        "rel = os.path.relpath(TARGET, os.path.dirname(SANDBOX))\n"
+        "open('b/up/' + rel, 'w').write('x')\n"),
+    "hard_link_to_victim": "os.link(VICTIM, 'hl')\nopen('hl', 'w').write('pwned')\n",
+}
+
+# Attacks on the hook itself (meaningless without it).
+_HOOK_ESCAPES = {
+    "replace_hook_code_found_by_gc": (
+        "import gc, types\n"
+        "for o in gc.get_objects():\n"
+        "    if isinstance(o, types.FunctionType) and 'guard' in o.__code__.co_filename:\n"
+        "        o.__code__ = (lambda *a, **k: None).__code__\n"
+        "open(TARGET, 'w').write('x')\n"),
+    "import_ctypes": "import ctypes\nctypes.memmove\n",
+    "load_ctypes_extension_under_another_name": (
+        "import importlib.machinery, importlib.util\n"
+        "path = importlib.util.find_spec('_ctypes').origin\n"
+        "loader = importlib.machinery.ExtensionFileLoader('x._ctypes', path)\n"
+        "importlib.util.module_from_spec(importlib.util.spec_from_loader('x._ctypes', loader))\n"),
+    "reimport_posixsubprocess": (
+        "import sys\nsys.modules.pop('_posixsubprocess', None)\nimport _posixsubprocess\n"),
+    "posixsubprocess_fork_exec": (  # what subprocess.Popen calls, minus its audit event
+        "import _posixsubprocess\nerr_r, err_w = os.pipe()\n"
+        "_posixsubprocess.fork_exec([b'/bin/sh', b'-c', ('touch ' + TARGET).encode()],\n"
+        "    (b'/bin/sh',), True, (err_w,), None, None, -1, -1, -1, -1, -1, -1, err_r, err_w,\n"
+        "    True, False, -1, None, None, None, -1, None, False)\n"
+        "import time\ntime.sleep(0.5)\nassert os.path.exists(TARGET)\n"),
+}
+
+
+def _escape_program(attack, target, victim):
+    header = (
+        "import os, pathlib, shutil, sqlite3\n"
+        f"TARGET, VICTIM = {str(target)!r}, {str(victim)!r}\n"
+        "OUTDIR, NAME = os.path.dirname(TARGET), os.path.basename(TARGET)\n"
+        "SANDBOX = os.getcwd()\n")
+    body = "".join("    " + line + "\n" for line in attack.splitlines())
+    return (header + "try:\n" + body + "    print('ESCAPED')\n"
+            "except (OSError, sqlite3.Error) as e:\n    print('BLOCKED', type(e).__name__, e)\n")
+
+
+@pytest.fixture()
+def outside(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    victim.chmod(0o640)
+    return tmp_path / f"escape_{uuid.uuid4().hex}.txt", victim
+
+
+def _assert_untouched(res, target, victim, layers):
+    assert "ESCAPED" not in res.stdout, res.stdout + res.stderr
+    assert res.stdout.startswith("BLOCKED"), res.stdout + res.stderr
+    assert any(layer in res.stdout for layer in layers), res.stdout
+    assert not target.exists()
+    assert victim.read_text() == "precious" and victim.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"]
+
+
+@pytest.mark.parametrize("attack", sorted({**_ESCAPES, **_HOOK_ESCAPES}))
+def test_audit_hook_alone_blocks_escape(attack, outside):
+    target, victim = outside
+    code = _escape_program({**_ESCAPES, **_HOOK_ESCAPES}[attack], target, victim)
+    res = sandbox.run_python(code, limits=FAST, readonly_filesystem=False)
+    _assert_untouched(res, target, victim, ["PermissionError sandbox:"])
+
+
+_needs_mount_ns = pytest.mark.skipif(not sandbox.readonly_filesystem_available(),
+                                     reason="no unprivileged user + mount namespaces here")
+
+
+@_needs_mount_ns
+@pytest.mark.parametrize("attack", sorted(_ESCAPES))
+def test_readonly_mount_namespace_alone_blocks_escape(attack, outside):
+    target, victim = outside
+    code = _escape_program(_ESCAPES[attack], target, victim)
+    res = sandbox.run_python(code, limits=FAST, readonly_filesystem=True, audit_guard=False)
+    # Links and renames across the sandbox's bind mount fail before the
+    # read-only check (EXDEV), sqlite says only that it cannot open the file.
+    _assert_untouched(res, target, victim, ["Read-only file system", "cross-device link",
+                                            "unable to open database"])
+
+
+def test_escapes_succeed_without_either_layer(outside):
+    # The control: the same programs do reach the files when unguarded.
+    target, victim = outside
+    for attack in ("rebind_os_path_realpath", "remove_victim"):
+        res = sandbox.run_python(_escape_program(_ESCAPES[attack], target, victim),
+                                 limits=FAST, readonly_filesystem=False, audit_guard=False)
+        assert "ESCAPED" in res.stdout, res.stderr
+    assert target.exists() and not victim.exists()
+
+
+_BUSY_SOLUTION = """
+import os, pathlib, shutil, tempfile, collections, typing
+
+class P(typing.NamedTuple):
+    x: int = 1
+
+def solve(xs):
+    return sorted(xs, reverse=True)[:2]
+
+os.makedirs('work/sub', exist_ok=True)
+pathlib.Path('work/sub/a.txt').write_text('a')
+fd = os.open('work', os.O_RDONLY)
+os.close(os.open('b.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+os.rename('b.txt', 'c.txt', src_dir_fd=fd, dst_dir_fd=fd)
+os.close(fd)
+os.symlink('sub/a.txt', 'work/link')
+open('work/link', 'a').write('b')
+with tempfile.NamedTemporaryFile('w', delete=False) as f:
+    f.write('t')
+shutil.copy(f.name, 'copy.txt')
+with open(os.devnull, 'w') as f:
+    f.write('discarded')
+os.chdir('work')
+open('rel.txt', 'w').write('r')
+os.chdir('..')
+shutil.rmtree('work')
+assert not os.path.exists('work') and P().x == 1 and collections.Counter('aab')['a'] == 2
+assert solve([3, 1, 4, 1, 5]) == [5, 4]
+print('ok')
+"""
+
+
+@pytest.mark.parametrize("layers", ["hook", "mount", "both"])
+def test_correct_solution_with_file_work_inside_passes(layers):
+    if layers != "hook" and not sandbox.readonly_filesystem_available():
+        pytest.skip("no unprivileged user + mount namespaces here")
+    res = sandbox.run_python(_BUSY_SOLUTION, limits=FAST, audit_guard=layers != "mount",
+                             readonly_filesystem=layers != "hook")
+    assert res.passed and res.stdout == "ok\n", res.stderr

@@ -118,6 +118,47 @@ def test_multiple_choice_answers_match_hugging_face(hf_model_dir, hf_scorer):
         assert pred["acc_uncond"] == int(np.argmax(np.array(lls) - np.array(uncond)))
 
 
+def test_rolling_windows_are_the_harness_windows(hf_scorer):
+    # get_rolling_token_windows(range(34), prefix -100, max_seq_len=10,
+    # context_len=1) + make_disjoint_window, worked out by hand: full windows
+    # condition on the token before them, the last (4 tokens) on the 7 before it.
+    scorer = Scorer(hf_scorer.config, hf_scorer.params, max_len=10, buckets=(10,))
+    assert scorer.rolling_windows(list(range(34)), prefix_token=-100) == [
+        ([-100], list(range(0, 10))),
+        ([9], list(range(10, 20))),
+        ([19], list(range(20, 30))),
+        (list(range(23, 30)), list(range(30, 34))),
+    ]
+    assert scorer.rolling_windows(list(range(7)), prefix_token=-100) == [([-100], list(range(7)))]
+    assert scorer.rolling_windows([], prefix_token=-100) == []
+
+
+def test_rolling_loglikelihood_matches_full_context_windows_in_hugging_face(hf_model_dir,
+                                                                         hf_scorer):
+    _, model = hf_model_dir
+    size = 32
+    scorer = Scorer(hf_scorer.config, hf_scorer.params, batch_size=8, max_len=size,
+                    buckets=(size,))
+    rng = np.random.default_rng(5)
+    doc = [int(t) for t in rng.integers(3, 256, 75)]  # windows of 32, 32 and 11 tokens
+    (lp, n), = scorer.loglikelihood_rolling([doc], prefix_token=1)
+    assert n == 75
+
+    def hf_window(inputs, targets, last):
+        """Log-prob of the last `last` targets, the model reading all of `inputs`."""
+        assert len(inputs) == len(targets) <= size
+        with torch.no_grad():
+            logits = model(torch.tensor([inputs])).logits[0].double()
+            lps = torch.log_softmax(logits, -1).gather(-1, torch.tensor(targets)[:, None])
+        return lps[-last:].sum().item()
+
+    # The harness: BOS + doc[:31] predicts doc[:32]; doc[31:63] predicts
+    # doc[32:64]; the last 11 tokens are predicted by a full 32-token window.
+    want = (hf_window([1] + doc[:31], doc[:32], 32) + hf_window(doc[31:63], doc[32:64], 32)
+            + hf_window(doc[42:74], doc[43:75], 11))
+    assert lp == pytest.approx(want, rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     cfg = LlamaConfig(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=256,

@@ -58,15 +58,24 @@ def test_mesh_from_config():
 
 
 def test_rules_override_and_validation():
-    rules = shd.make_rules({"mlp": None, "activation_length": ["sequence"], "experts": "data"})
+    rules = shd.make_rules({"mlp": None, "activation_length": ["sequence"]})
     d = dict(rules)
-    assert d["mlp"] is None and d["activation_length"] == "sequence" and d["experts"] == "data"
-    assert [n for n, _ in rules][: len(shd.DEFAULT_RULES)] == [n for n, _ in shd.DEFAULT_RULES]
-    cfg = ml_collections.ConfigDict({"vocab": None})
-    assert dict(shd.rules_from_config(cfg))["vocab"] is None
-    assert shd.rules_from_config(None) == shd.DEFAULT_RULES
+    assert d["mlp"] is None and d["activation_length"] == "sequence"
+    assert [n for n, _ in rules] == [n for n, _ in shd.DEFAULT_RULES]  # replaced in place
+    # The same parser reads the config's string form, a ConfigDict and pairs.
+    from_text = shd.make_rules("mlp=tensor+sequence, vocab=")
+    assert dict(from_text)["mlp"] == ("tensor", "sequence") and dict(from_text)["vocab"] is None
+    assert shd.make_rules(ml_collections.ConfigDict({"vocab": None})) == \
+        shd.make_rules([("vocab", None)]) == shd.make_rules("vocab=")
+    assert shd.make_rules("") == shd.make_rules(None) == shd.DEFAULT_RULES
+    # A logical name without a rule is an error in every form, never appended.
+    for bad in ({"experts": "data"}, "experts=data", [("experts", "data")]):
+        with pytest.raises(ValueError, match=r"unknown logical axis 'experts'.*'activation_batch'"):
+            shd.make_rules(bad)
     with pytest.raises(ValueError, match=r"sharding rule 'mlp': unknown mesh axis 'model'"):
         shd.make_rules({"mlp": "model"})
+    with pytest.raises(ValueError, match=r"entry 'embed' must look like 'logical=axis'"):
+        shd.make_rules("embed")
 
 
 def test_logical_to_spec():
@@ -80,10 +89,9 @@ def test_logical_to_spec():
         shd.logical_to_spec(("embed", "bogus"), rules)
 
 
-def test_data_sharding_and_process_slices():
+def test_data_sharding():
     mesh = shd.make_mesh((2, 2, 1, 2))
     assert shd.data_sharding(mesh).spec == P(("data", "fsdp"), "sequence")
-    assert shd.process_batch_slices(mesh, (8, 16)) == (slice(0, 8), slice(0, 16))
 
 
 # ---------------------------------------------------------------- parameters
@@ -131,6 +139,53 @@ def test_non_dividing_dimension(tiny_config):
             r"parameter 'output/kernel': dimension 1 \('vocab'\) of size 250 is not divisible "
             r"by mesh axis 'tensor' of size 4; change the mesh shape or the rule for 'vocab'")):
         shd.logical_shardings(abstract_params(config), mesh)
+
+
+def test_lenient_shardings_replicate_only_non_dividing_dimensions(tiny_config):
+    mesh = shd.make_mesh((1, 2, 4, 1))
+    odd = shd.logical_shardings(abstract_params(tiny_config.replace(vocab_size=250)), mesh,
+                                strict=False)
+    even = shd.logical_shardings(abstract_params(tiny_config), mesh)  # 256 % 4 == 0
+    # Vocab (250 over tensor=4) loses its mesh axis; embed keeps fsdp.
+    assert odd["output"]["kernel"].spec == P("fsdp", None)
+    assert odd["tok_embeddings"]["embedding"].spec == P(None, "fsdp")
+    assert even["output"]["kernel"].spec == P("fsdp", "tensor")
+    flat_odd = jax.tree_util.tree_flatten_with_path(odd)[0]
+    flat_even = jax.tree_util.tree_flatten_with_path(even)[0]
+    for (path, a), (_, b) in zip(flat_odd, flat_even, strict=True):
+        if "output" not in str(path) and "tok_embeddings" not in str(path):
+            assert a.spec == b.spec, path  # everything else as in strict mode
+    # strict=False on a dividing mesh is the strict result.
+    assert jax.tree.map(lambda x: x.spec, shd.logical_shardings(
+        abstract_params(tiny_config), mesh, strict=False)) == jax.tree.map(lambda x: x.spec, even)
+    # 33B's 52 KV heads on tensor=8: replicated over tensor, still sharded on fsdp.
+    config = get_preset("llama_33b")
+    big = AbstractMesh((1, 8, 8, 1), shd.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
+    sh = shd.logical_shardings(abstract_params(config), big, strict=False)
+    assert sh["layers"]["attention"]["wk"]["kernel"].spec == P(None, "fsdp", None, None)
+    assert sh["layers"]["feed_forward"]["w1"]["kernel"].spec == P(None, "fsdp", "tensor")
+    # One leaf at a time, too.
+    leaf = abstract_params(config)["layers"]["attention"]["wq"]["kernel"]
+    assert shd.leaf_sharding("wq", leaf, big, strict=False).spec == P(None, "fsdp", None, None)
+    with pytest.raises(ValueError, match=r"parameter 'wq': dimension 2 \('heads'\) of size 52"):
+        shd.leaf_sharding("wq", leaf, big)
+
+
+def test_lenient_shardings_still_reject_unknown_logical_names(tiny_config):
+    mesh = shd.make_mesh((8, 1, 1, 1))
+    rules = _without(shd.DEFAULT_RULES, "mlp")
+    with pytest.raises(ValueError, match=(
+            r"parameter 'layers/feed_forward/w1/kernel': unknown logical axis 'mlp'")):
+        shd.logical_shardings(abstract_params(tiny_config), mesh, rules, strict=False)
+
+
+def test_data_sharding_with_whole_length():
+    mesh = shd.make_mesh((2, 2, 1, 2))
+    sh = shd.data_sharding(mesh, shard_length=False)
+    assert sh.spec == P(("data", "fsdp"), None)
+    # Any length fits, e.g. an evaluation bucket of 33 tokens on sequence=2.
+    x = jax.device_put(np.zeros((4, 33), np.int32), sh)
+    assert x.addressable_shards[0].data.shape == (1, 33)
 
 
 def test_parameter_with_no_rule(tiny_config):

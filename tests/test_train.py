@@ -20,7 +20,7 @@ import pytest
 import train_helpers as th
 
 from llama_jax import checkpoint as ck
-from llama_jax import metrics, trainer
+from llama_jax import metrics, optim, trainer
 from llama_jax.config_base import ConfigError
 from llama_jax.data.sources import DataError
 from llama_jax.trainer import NonFiniteLossError, train_and_evaluate
@@ -198,6 +198,20 @@ def test_workdir_of_another_model_fails_before_compiling(root, reference, tmp_pa
     with pytest.raises(ConfigError, match=r"(?s)cannot resume.*train.batch_size: checkpoint has 8, "
                                           r"config asks for 16.*data.seed"):
         train_and_evaluate(config, str(wd))
+    # Another tokenizer would shift the token stream: by name ...
+    other_tok = tmp_path / "other.model"
+    shutil.copyfile(root / "tok.model", other_tok)
+    config = th.micro_config(root, **BASE, **{"data.tokenizer": str(other_tok)})
+    with pytest.raises(ConfigError, match=r"(?s)cannot resume.*data.tokenizer: checkpoint has "
+                                          r".*tok.model'.*other.model"):
+        train_and_evaluate(config, str(wd))
+    # ... or by content at the same path (the checkpoint records its SHA-256).
+    meta_file = wd / "checkpoints" / str(STEPS) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert meta["tokenizer_sha256"] == trainer.file_digest(str(root / "tok.model"))
+    meta_file.write_text(json.dumps(dict(meta, tokenizer_sha256="0" * 64)))
+    with pytest.raises(ConfigError, match=r"trained with another tokenizer than .*tok.model"):
+        train_and_evaluate(th.micro_config(root, **BASE), str(wd))
 
 
 def test_missing_data_fails_before_compiling(root, tmp_path, no_compile):
@@ -255,3 +269,10 @@ def test_nonfinite_skip_drops_updates_then_gives_up(root, tmp_path):
     skipped = [r["step"] for r in recs
                if not (np.isfinite(float(r["loss"])) and np.isfinite(float(r["grad_norm"])))]
     assert len(skipped) == 2 and skipped == list(range(skipped[0], skipped[0] + 2))
+    # The logged lr is the schedule's at the optimizer's own count, which skipped
+    # updates do not advance: step s used count s - 1 - (updates skipped before s).
+    lr = {r["step"]: r["lr"] for r in recs}
+    for step in lr:
+        count = step - 1 - sum(1 for s in skipped if s < step)
+        assert lr[step] == pytest.approx(optim.lr_at(count, 1e30, 2, 12, 0.1), rel=1e-6), step
+    assert lr[skipped[1]] == lr[skipped[0]]  # nothing was applied in between

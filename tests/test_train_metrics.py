@@ -134,10 +134,37 @@ def test_source_stats_counts_tokens_and_epochs():
     batch = {"source_id": np.array([0, 1, 0]), "loss_mask": np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0]]),
              "epoch_progress": np.array([0.5, 1.25, 0.75], np.float32)}
     stats.update(batch)
+    assert stats.tokens == {"a": 0, "b": 0}  # pending until synced
+    stats.sync()
     assert stats.tokens == {"a": 3, "b": 3}
     assert stats.epochs == {"a": 0.75, "b": 1.25}
+    assert stats.scalars() == {"tokens/a": 3, "tokens/b": 3, "epoch/a": 0.75, "epoch/b": 1.25}
     again = metrics.SourceStats(["a", "b"], json.loads(json.dumps(stats.state())))
     assert again.state() == stats.state()
+
+
+def test_source_stats_sum_over_processes():
+    """`sync` with a gather adds every process's pending tokens (beyond int32, as
+    two int32 words) and takes the furthest epoch; a restored total is the base."""
+    base = {"tokens": {"a": 10, "b": 20}, "epochs": {"a": 2.0, "b": 0.1}}
+    mine = metrics.SourceStats(["a", "b"], base)
+    mine.update({"source_id": np.array([0, 0]), "loss_mask": np.ones((2, 4)),
+                 "epoch_progress": np.array([1.5, 2.5])})
+    big = 5 * 2**31 + 7  # another process's count since the last sync
+    others = {np.dtype(np.int32): np.array([[big >> 31, 0], [big & (2**31 - 1), 3]], np.int32),
+              np.dtype(np.float32): np.array([0.5, 0.25], np.float32)}
+    calls = []
+
+    def gather(x):  # what process_allgather returns: [processes, *x.shape]
+        calls.append(x.dtype)
+        return np.stack([x, others[x.dtype]])
+
+    mine.sync(gather)
+    assert calls == [np.int32, np.float32]  # JAX's default dtypes travel unchanged
+    assert mine.tokens == {"a": 10 + 8 + big, "b": 20 + 3}
+    assert mine.epochs == {"a": 2.5, "b": 0.25}
+    mine.sync(gather=lambda x: np.stack([x, np.zeros_like(x)]))  # nothing new anywhere
+    assert mine.tokens == {"a": 10 + 8 + big, "b": 23}
 
 
 def test_png_round_trip_and_text():

@@ -16,7 +16,7 @@ _EXPORTS = {
     "Tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
     "SourceSpec": "sources", "DataError": "sources", "build_source": "sources", "split_heldout": "sources",
     "make_train_iterator": "mixture", "make_eval_batches": "mixture", "PAPER_MIXTURE": "mixture",
-    "paper_mixture": "mixture", "MixtureStats": "mixture",
+    "paper_mixture": "mixture",
     "ensure_corpus": "corpus", "CorpusInfo": "corpus",
     "build_text_folder_dataset": "tfds_builder",
 }

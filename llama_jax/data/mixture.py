@@ -40,7 +40,7 @@ from typing import Any
 
 import grain
 import numpy as np
-from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as index_shuffle
+from grain.experimental import index_shuffle
 
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.packing import END_OF_STREAM, RowPacker
@@ -68,11 +68,16 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def paper_mixture(paths: Mapping[str, str], *, kind: str = "jsonl", **spec_fields) -> list[sources_lib.SourceSpec]:
+def paper_mixture(paths: Mapping[str, str] | None = None, *, kind: str = "jsonl",
+                  **spec_fields) -> list[sources_lib.SourceSpec]:
     """The paper's mixture as `SourceSpec`s; `paths` maps each name of `PAPER_MIXTURE` to its data.
 
     Example: `paper_mixture({'commoncrawl': '/data/ccnet/*.jsonl', ...}, kind='jsonl')`.
+    Without `paths` each source's path is its name (a folder relative to the
+    run's ``data.root``, as the paper configs use it).
     """
+    if paths is None:
+        paths = {name: name for name in PAPER_MIXTURE}
     missing = sorted(set(PAPER_MIXTURE) - set(paths))
     extra = sorted(set(paths) - set(PAPER_MIXTURE))
     if missing or extra:
@@ -180,8 +185,7 @@ class ShuffledEpochsMapDataset(grain.MapDataset):
         epoch, i = divmod(int(q), self._n)
         if self._n <= _SMALL_SOURCE:
             return int(self._perm(epoch)[i])
-        return int(index_shuffle.index_shuffle(i, max_index=self._n - 1, seed=(self._seed + epoch) % 2**32,
-                                               rounds=4))
+        return int(index_shuffle(i, max_index=self._n - 1, seed=(self._seed + epoch) % 2**32, rounds=4))
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -445,52 +449,3 @@ def _empty_row(seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     z = np.zeros(seq_len, np.int32)
     return {"inputs": np.full(seq_len, pad_id, np.int32), "targets": np.full(seq_len, pad_id, np.int32),
             "positions": z, "segment_ids": z, "loss_mask": np.zeros(seq_len, np.float32), "first_doc": -1}
-
-
-class MixtureStats:
-    """Host-side counters per source: sequences and tokens served, epochs consumed (Table 1).
-
-    `update(batch)` with every training batch of this process. Counts are this
-    process's; sum `tokens` / `sequences` over processes for the job's totals.
-    `epochs` is tokens / `tokens_per_epoch[name]` when given (e.g. the corpus
-    manifest's counts), else the latest mean `epoch_progress` of the source's rows.
-    """
-
-    def __init__(self, names: Sequence[str], tokens_per_epoch: Mapping[str, int] | None = None):
-        self.names = list(names)
-        self.tokens_per_epoch = dict(tokens_per_epoch or {})
-        self.tokens = np.zeros(len(self.names), np.int64)
-        self.sequences = np.zeros(len(self.names), np.int64)
-        self.progress = np.zeros(len(self.names), np.float64)
-
-    def update(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Adds one batch (numpy arrays as the iterator yields them)."""
-        sid = np.asarray(batch["source_id"])
-        tokens = (np.asarray(batch["segment_ids"]) > 0).sum(axis=1)
-        n = len(self.names)
-        self.tokens += np.bincount(sid, weights=tokens, minlength=n).astype(np.int64)
-        counts = np.bincount(sid, minlength=n)
-        self.sequences += counts
-        progress = np.bincount(sid, weights=np.asarray(batch["epoch_progress"], np.float64), minlength=n)
-        seen = counts > 0
-        self.progress[seen] = progress[seen] / counts[seen]
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """{name: {'sequences', 'tokens', 'share', 'epochs'}}."""
-        total = max(int(self.sequences.sum()), 1)
-        out = {}
-        for i, name in enumerate(self.names):
-            per_epoch = self.tokens_per_epoch.get(name)
-            epochs = self.tokens[i] / per_epoch if per_epoch else self.progress[i]
-            out[name] = {"sequences": int(self.sequences[i]), "tokens": int(self.tokens[i]),
-                         "share": self.sequences[i] / total, "epochs": float(epochs)}
-        return out
-
-    def get_state(self) -> dict[str, list]:
-        return {"tokens": self.tokens.tolist(), "sequences": self.sequences.tolist(),
-                "progress": self.progress.tolist()}
-
-    def set_state(self, state: Mapping[str, list]) -> None:
-        self.tokens = np.asarray(state["tokens"], np.int64)
-        self.sequences = np.asarray(state["sequences"], np.int64)
-        self.progress = np.asarray(state["progress"], np.float64)

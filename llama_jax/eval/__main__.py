@@ -6,7 +6,8 @@
 
 `--checkpoint` takes every layout `llama_jax.from_pretrained` reads (Meta, Hugging
 Face, llama_jax orbax, a training workdir). Each task reads its data set's
-published files from ``--data_dir/<task>/`` (see docs/eval.md). Writes the JSON
+published files (or a local TFDS array_record data set with the same records)
+from ``--data_dir/<task>/`` (see docs/eval.md). Writes the JSON
 results (rewritten after each task) and a markdown table beside the paper's
 numbers for the nearest LLaMA size (``--markdown``, default: output with .md).
 """
@@ -18,12 +19,14 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
 flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: <checkpoint>/tokenizer.model).")
 flags.DEFINE_string("tasks", None, "Comma-separated tasks, each 'name' or 'name:shots'.")
-flags.DEFINE_string("data_dir", None, "Root holding one folder of published data files per task.")
+flags.DEFINE_string("data_dir", None, "Root holding one folder of published data files (or a "
+                    "TFDS array_record data set) per task.")
 flags.DEFINE_integer("num_fewshot", None, "Shots for every task (default: the paper's per task).")
 flags.DEFINE_integer("limit", None, "Evaluate only the first N examples of each task.")
 flags.DEFINE_string("output", "results.json", "Where to write the JSON results.")
@@ -50,6 +53,8 @@ flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSO
 def main(argv):
     """Parse flags, load the model, run the tasks, write JSON + markdown."""
     del argv
+    if not FLAGS["verbosity"].present:  # Quiet orbax/JAX INFO lines unless asked (-v 0).
+        absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for name in ("checkpoint", "tasks"):
         if not getattr(FLAGS, name):
@@ -58,7 +63,12 @@ def main(argv):
     from llama_jax.eval.runner import build_context, evaluate
     from llama_jax.eval.tasks import DataError, parse_task_list
 
-    specs = parse_task_list(FLAGS.tasks, FLAGS.num_fewshot)
+    try:  # user errors: one line, exit status 2
+        specs = parse_task_list(FLAGS.tasks, FLAGS.num_fewshot)
+        mesh = placement.parse_mesh(FLAGS.mesh)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     needs_data = any(t.name != "perplexity" for t, _ in specs) or not FLAGS.perplexity_corpus
     if needs_data and not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (one folder of data files per task)")
@@ -77,7 +87,7 @@ def main(argv):
         return 2
     num_params = llama_jax.count_params(config)
     ctx = build_context(
-        config, params, tokenizer, mesh=placement.parse_mesh(FLAGS.mesh),
+        config, params, tokenizer, mesh=mesh,
         batch_size=FLAGS.batch_size, max_len=FLAGS.max_len, seed=FLAGS.seed,
         options=dict(gsm8k_samples=FLAGS.gsm8k_samples, gsm8k_temperature=FLAGS.gsm8k_temperature,
                      code_samples=FLAGS.code_samples, code_temperature=FLAGS.code_temperature,

@@ -215,7 +215,7 @@ class Generator:
             positions[r, length - n:] = np.arange(n)
             segs[r, length - n:] = 1
         keys = row_keys(seed, prompts[:n_real], [s for _, s in row_ids], b)
-        bs2 = placement.batch_sharding(self.mesh, self.rules, 2)
+        bs2 = sharding.data_sharding(self.mesh, self.rules, shard_length=False)
         with sharding.activate(self.mesh, self.rules):
             logits, cache = self._prefill(self.params,
                                           *jax.device_put((tokens, positions, segs), bs2),

@@ -1,9 +1,10 @@
-"""Where evaluation runs: the default mesh, sharded parameters, batch shardings.
+"""Where evaluation runs: the default mesh, sharded parameters, batch sizes.
 
 Scoring and generation run under a mesh with the logical-axis rules of
-`llama_jax.sharding`. Parameters are placed by their logical names (a
-dimension the mesh does not divide is replicated instead of failing), and
-batches are split along the mesh axes that `activation_batch` maps to.
+`llama_jax.sharding`. Parameters are placed by their logical names with
+`sharding.logical_shardings(..., strict=False)` (a dimension the mesh does not
+divide is replicated instead of failing), and batches are split like
+`sharding.data_sharding` (along the mesh axes that `activation_batch` maps to).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from llama_jax import sharding
 from llama_jax.model import LlamaConfig, abstract_params
@@ -36,45 +37,13 @@ def parse_mesh(spec: str | None, devices: Sequence[jax.Device] | None = None) ->
     return sharding.make_mesh(shape, devices)
 
 
-def _mesh_axes(entry) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
-
-
-def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-    """Drop mesh axes from dimensions they do not divide (replicate those)."""
-    fixed = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
-        axes = _mesh_axes(entry)
-        size = math.prod(mesh.shape[a] for a in axes)
-        fixed.append(entry if size and dim % size == 0 else None)
-    return PartitionSpec(*fixed)
-
-
-def param_shardings(config: LlamaConfig, mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULES):
-    """A `NamedSharding` per parameter of `config`, from its logical names.
-
-    Like `llama_jax.sharding.logical_shardings`, except that a dimension its
-    mesh axes do not divide is replicated instead of being an error, so any
-    checkpoint can be evaluated on any mesh (training keeps the strict rule).
-    """
-    boxed = abstract_params(config)
-
-    def one(path, leaf):
-        shape = leaf.unbox().shape
-        spec = sharding.logical_to_spec(tuple(leaf.names), rules,
-                                        what=f"parameter {sharding.path_str(path)!r}")
-        return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
-
-    return jax.tree_util.tree_map_with_path(one, boxed, is_leaf=sharding.is_boxed)
-
-
 def place_params(config: LlamaConfig, params, mesh: Mesh,
                  rules: sharding.Rules = sharding.DEFAULT_RULES):
     """Put `params` (a plain or boxed tree for `config`) on `mesh`, sharded."""
     params = nn.meta.unbox(params)
-    target = param_shardings(config, mesh, rules)
+    # Lenient: a dimension the mesh does not divide is replicated, so any
+    # checkpoint can be evaluated on any mesh (training keeps the strict rule).
+    target = sharding.logical_shardings(abstract_params(config), mesh, rules, strict=False)
     want = jax.tree_util.tree_structure(target)
     got = jax.tree_util.tree_structure(params)
     if want != got:
@@ -92,21 +61,11 @@ def place_params(config: LlamaConfig, params, mesh: Mesh,
     return jax.device_put(params, target)
 
 
-def batch_spec(mesh: Mesh, rules: sharding.Rules, ndim: int) -> PartitionSpec:
-    """The mesh spec of an array whose leading axis is the batch."""
-    logical = PartitionSpec("activation_batch", *([None] * (ndim - 1)))
-    return nn.logical_to_mesh(logical, rules)
-
-
 def batch_multiple(mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULES) -> int:
     """How many ways the batch axis is split: batch sizes must be a multiple."""
-    entry = tuple(batch_spec(mesh, rules, 1))[0]
-    return math.prod(mesh.shape[a] for a in _mesh_axes(entry))
-
-
-def batch_sharding(mesh: Mesh, rules: sharding.Rules, ndim: int) -> NamedSharding:
-    """`NamedSharding` splitting the leading (batch) axis like `activation_batch`."""
-    return NamedSharding(mesh, batch_spec(mesh, rules, ndim))
+    entry = sharding.data_sharding(mesh, rules, shard_length=False).spec[0]
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(mesh.shape[a] for a in axes)
 
 
 def round_batch(batch_size: int, mesh: Mesh, rules: sharding.Rules) -> int:

@@ -6,17 +6,28 @@ Each program runs in a fresh subprocess:
 * resource limits set with `resource.setrlimit` before the program starts:
   CPU seconds, address space (memory), size of files written, no core dumps;
 * a wall-clock timeout that kills the whole process group;
+* when the kernel allows it (unprivileged user namespaces), a user + mount
+  namespace in which every mount except the sandbox directory is read-only,
+  with the read-only flags locked (see `sandbox_guard`): the program cannot
+  write, delete or rename anything outside its directory, whatever Python
+  it runs;
+* when the kernel allows it, a network namespace with no interfaces but
+  loopback (``unshare -n``), so the program has no network;
 * an audit hook (`sys.addaudithook`, which cannot be removed) that refuses
-  socket creation and DNS look-ups, writes / deletes / renames / chmods
-  outside the sandbox directory, starting processes (subprocess, os.system,
-  exec, fork, spawn), signalling other processes and loading native code via
-  ctypes;
-* when the kernel allows it, a new user + network namespace
-  (``unshare -rn``), so even code that slips past the hook has no network.
+  socket creation and DNS look-ups, writes / deletes / renames / chmods /
+  links outside the sandbox directory (paths resolved through symlinks,
+  ``..``, the current directory and ``dir_fd``), starting processes
+  (subprocess, os.system, exec, fork, spawn), signalling other processes,
+  importing ctypes and tampering with the hook. It binds everything it uses
+  when it is installed, so rebinding `os.path.realpath`, module globals or
+  builtins does not weaken it.
 
-This is defence in depth for evaluating model samples on a research
-machine, not a security boundary against a determined attacker: run
-untrusted code at scale inside a container or VM as well.
+The program runs in `llama_jax/eval/sandbox_guard.py`. This is defence in
+depth for evaluating model samples on a research machine, not a security
+boundary against a determined attacker (the hook is in-process and can be
+raced by a second thread; without user namespaces only the hook stands
+between the program and your files): run untrusted code at scale inside a
+container or VM as well.
 """
 
 from __future__ import annotations
@@ -32,64 +43,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-_GUARD = r'''
-import os, resource, sys
-
-ROOT = os.path.realpath(sys.argv[1])
-PROGRAM = sys.argv[2]
-CPU_S, MEM_B, FSIZE_B = (int(x) for x in sys.argv[3:6])
-resource.setrlimit(resource.RLIMIT_CPU, (CPU_S, CPU_S + 1))
-if MEM_B > 0:
-    resource.setrlimit(resource.RLIMIT_AS, (MEM_B, MEM_B))
-resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_B, FSIZE_B))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-_PATH_EVENTS = {
-    "os.remove": (0,), "os.rename": (0, 1), "os.rmdir": (0,), "os.mkdir": (0,),
-    "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.link": (0, 1),
-    "os.symlink": (0, 1), "os.utime": (0,), "shutil.rmtree": (0,), "os.chflags": (0,),
-    "os.mkfifo": (0,), "os.mknod": (0,), "os.setxattr": (0,), "os.removexattr": (0,),
-}
-_BLOCKED = (
-    "socket.__new__", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
-    "socket.gethostbyname_ex", "socket.connect", "socket.bind", "socket.sendto",
-    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-    "os.forkpty", "os.kill", "os.killpg", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym",
-    "ctypes.cdata", "os.startfile", "webbrowser.open",
-)
-
-
-def _inside(path):
-    if isinstance(path, int):
-        return True  # an already-open descriptor
-    path = os.fsdecode(path)
-    real = os.path.realpath(path)
-    return real == ROOT or real.startswith(ROOT + os.sep)
-
-
-def _hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & _WRITE_FLAGS)
-        if writing and path is not None and not _inside(path):
-            raise PermissionError(f"sandbox: writing outside the sandbox is blocked: {path!r}")
-    elif event in _PATH_EVENTS:
-        for i in _PATH_EVENTS[event]:
-            if i < len(args) and args[i] is not None and not _inside(args[i]):
-                raise PermissionError(f"sandbox: {event} outside the sandbox is blocked")
-    elif event in _BLOCKED or event.startswith("socket."):
-        raise PermissionError(f"sandbox: {event} is blocked (no network, no processes)")
-
-
-sys.addaudithook(_hook)
-sys.argv = [PROGRAM]
-with open(PROGRAM, encoding="utf-8") as f:
-    _source = f.read()
-del f
-exec(compile(_source, PROGRAM, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-'''
+_GUARD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_guard.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +79,20 @@ def network_namespace_available() -> bool:
     return done.returncode == 0
 
 
+@functools.lru_cache(maxsize=1)
+def readonly_filesystem_available() -> bool:
+    """True if a user + mount namespace with everything but the sandbox
+    directory read-only can be set up here (``unshare -rm`` and mount(2))."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        done = _run("pass\n", SandboxLimits(timeout_s=30.0), network_namespace=False,
+                    readonly_filesystem=True, audit_guard=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 def _read(path: str, limit: int = 1 << 16) -> str:
     with open(path, "rb") as f:
         return f.read(limit).decode("utf-8", errors="replace")
@@ -135,6 +103,7 @@ def run_python(
     *,
     limits: SandboxLimits = SandboxLimits(),
     network_namespace: bool | None = None,
+    readonly_filesystem: bool | None = None,
     audit_guard: bool = True,
 ) -> SandboxResult:
     """Run `code` as a Python program in a sandbox; see the module docstring.
@@ -142,28 +111,44 @@ def run_python(
     Args:
       code: the program's source.
       limits: time, CPU, memory and file-size limits.
-      network_namespace: run under ``unshare -rn`` (None: when available).
+      network_namespace: run in a new network namespace, without network
+        (None: when available).
+      readonly_filesystem: run in a mount namespace where everything outside
+        the sandbox directory is read-only (None: when available).
       audit_guard: install the audit hook (tests turn it off to check the
-        namespace on its own; leave it on).
+        namespaces on their own; leave it on).
+
+    Raises:
+      RuntimeError: a namespace asked for with True is not available here.
     """
     if network_namespace is None:
         network_namespace = network_namespace_available()
     elif network_namespace and not network_namespace_available():
         raise RuntimeError("network_namespace=True but `unshare -rn` does not work here")
+    if readonly_filesystem is None:
+        readonly_filesystem = readonly_filesystem_available()
+    elif readonly_filesystem and not readonly_filesystem_available():
+        raise RuntimeError("readonly_filesystem=True but a user + mount namespace "
+                           "(`unshare -rm` and mount) does not work here")
+    return _run(code, limits, network_namespace=network_namespace,
+                readonly_filesystem=readonly_filesystem, audit_guard=audit_guard)
+
+
+def _run(code: str, limits: SandboxLimits, *, network_namespace: bool,
+         readonly_filesystem: bool, audit_guard: bool) -> SandboxResult:
     root = tempfile.mkdtemp(prefix="llama_jax_sandbox_")
     logs = tempfile.mkdtemp(prefix="llama_jax_sandbox_logs_")
     try:
         program = os.path.join(root, "program.py")
         with open(program, "w", encoding="utf-8") as f:
             f.write(code)
-        guard = os.path.join(logs, "guard.py")
-        with open(guard, "w", encoding="utf-8") as f:
-            f.write(_GUARD if audit_guard else _GUARD.replace("sys.addaudithook(_hook)", ""))
         mem = limits.memory_mb * (1 << 20) if limits.memory_mb else 0
-        cmd = [sys.executable, "-I", "-B", guard, root, program, str(int(limits.cpu_s)),
-               str(mem), str(limits.file_size_mb * (1 << 20))]
-        if network_namespace:
-            cmd = ["unshare", "-rn", "--", *cmd]
+        cmd = [sys.executable, "-I", "-B", _GUARD_PATH, root, program, str(int(limits.cpu_s)),
+               str(mem), str(limits.file_size_mb * (1 << 20)), str(int(audit_guard)),
+               str(int(readonly_filesystem))]
+        flags = "-r" + "n" * network_namespace + "m" * readonly_filesystem
+        if flags != "-r":
+            cmd = ["unshare", flags, "--", *cmd]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": root, "TMPDIR": root,
                "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
         out_path, err_path = os.path.join(logs, "stdout"), os.path.join(logs, "stderr")

@@ -9,8 +9,10 @@ right-padded to a length bucket, so a whole task compiles once per bucket that
 occurs (a handful of times), not once per example. `trace_count` counts the
 traces of the jitted function so tests can assert it.
 
-`Scorer.loglikelihood_rolling` scores whole documents in disjoint windows of
-the model's context (the harness's rolling windows), for perplexity.
+`Scorer.loglikelihood_rolling` scores whole documents in the harness's rolling
+windows (``get_rolling_token_windows`` + ``make_disjoint_window``): every token
+is predicted once, and every window after the first sees the model's full
+context; for perplexity.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Scorer:
         self.params = placement.place_params(config, params, self.mesh, rules)
         self.trace_count = 0
         self._model = Llama(config)
-        self._in_sharding = placement.batch_sharding(self.mesh, rules, 2)
+        self._in_sharding = sharding.data_sharding(self.mesh, rules, shard_length=False)
         self._jitted = jax.jit(self._score_batch)
 
     # The traced function: runs once per distinct (batch, bucket) shape.
@@ -178,19 +180,29 @@ class Scorer:
         return total, int(np.sum(arrays[4]))
 
     def rolling_windows(self, tokens: Sequence[int], prefix_token: int):
-        """Disjoint windows covering `tokens` as (context, continuation) requests.
+        """Disjoint (context, continuation) requests covering `tokens`, for perplexity.
 
-        Every token is predicted exactly once: the first window is conditioned on
-        `prefix_token` (BOS), each later one on the token just before it, and the
-        model sees at most `max_len` tokens, like the harness's rolling windows.
+        lm-evaluation-harness's ``get_rolling_token_windows(token_list, prefix_token,
+        max_seq_len=max_len, context_len=1)`` followed by ``make_disjoint_window``:
+        every token is predicted exactly once; the first window predicts up to
+        `max_len` tokens after `prefix_token` (BOS); each later full window of
+        `max_len` tokens is conditioned on the one token before it; the last,
+        partial window of ``p`` tokens is conditioned on the ``max_len - p + 1``
+        tokens before it, so the model sees a full `max_len` tokens there.
         """
         tokens = list(tokens)
-        out, start = [], 0
-        while start < len(tokens):
-            window = tokens[start:start + self.max_len]
-            context = [prefix_token] if start == 0 else [tokens[start - 1]]
-            out.append((context, window))
-            start += self.max_len
+        n, size = len(tokens), self.max_len
+        if not tokens:
+            return []
+        first = min(size, n)
+        out = [([prefix_token], tokens[:first])]
+        predicted = first
+        while predicted < n:
+            pred_len = min(n - predicted, size)
+            end = predicted + pred_len
+            window = tokens[end - size - 1:end - 1]  # the model's `size` input tokens
+            out.append((window[:size - pred_len + 1], tokens[end - pred_len:end]))
+            predicted += pred_len
         return out
 
     def loglikelihood_rolling(

@@ -96,6 +96,13 @@ def dot_product_attention(
     if impl == "pallas":
         from llama_jax.kernels.flash_attention import flash_attention
 
+        if jax.default_backend() not in ("gpu", "cpu"):
+            # The kernel targets Pallas' GPU (Triton) lowering; CPU runs it in
+            # interpret mode for tests. Elsewhere interpret mode would be a
+            # silent, very slow fallback.
+            raise ValueError(
+                f"attention_impl='pallas' is a GPU kernel; the backend is "
+                f"{jax.default_backend()!r}: use 'xla' (or 'auto', which picks it)")
         return flash_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
                                kv_segment_ids=kv_segment_ids, interpret=not on_gpu)
     if impl == "cudnn":

@@ -4,8 +4,8 @@ Two ways to name the data:
 
 * files in ``data_dir/perplexity/``: each ``*.jsonl`` file is a source (one
   document per line, text in the "text" field) and each ``*.txt`` file a
-  source of one document. Documents are scored whole, from BOS, in disjoint
-  windows of the model's context (`Scorer.loglikelihood_rolling`); reported
+  source of one document. Documents are scored whole, from BOS, in the
+  harness's rolling windows (`Scorer.loglikelihood_rolling`); reported
   per source: tokens, mean negative log-likelihood per token, perplexity,
   bits per byte.
 * a corpus (option ``perplexity_corpus``: "embedded" for the default root of

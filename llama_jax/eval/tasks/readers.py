@@ -5,6 +5,13 @@ under a key such as "Data"), Parquet (needs pyarrow), CSV/TSV, and
 one-label-per-line ``.lst`` files. Every failure a user can cause (missing
 file, bad JSON, missing field) raises `DataError` naming the file and the
 expected format.
+
+Where a task accepts the Hugging Face Parquet export of a split
+(``<split>*.parquet``), it also accepts that split of a TFDS data set in
+array_record format under the task's folder (``<task>/[<name>/[<config>/]<version>/]``,
+e.g. built with ``tfds.data_source``/``builder.download_and_prepare(file_format=
+'array_record')``) whose records have the same fields; it is read with
+`tfds.builder_from_directory(...).as_data_source(split)`, without TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import glob
 import gzip
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,9 +30,31 @@ class DataError(ValueError):
     """A task's data file is missing or not in the expected format."""
 
 
+# "validation*.parquet" -> split "validation" (the HF export's split name).
+_PARQUET_SPLIT = re.compile(r"^(?P<split>[a-z_]+)\*\.parquet$")
+# A TFDS array_record shard: "<name>-<split>.array_record-00000-of-00001".
+_TFDS_SHARD = re.compile(r"^[^-]+-(?P<split>.+)\.array_record-\d{5}-of-\d{5}$")
+
+
+def _tfds_shard(root: str, split: str) -> str | None:
+    """The first shard of split `split` of a TFDS data set at most three folders
+    below `root` (``<name>/<config>/<version>/``), or None."""
+    for depth in range(4):
+        pattern = os.path.join(root, *(["*"] * depth), f"*-{split}.array_record-00000-of-*")
+        hits = [h for h in sorted(glob.glob(pattern))
+                if os.path.isfile(os.path.join(os.path.dirname(h), "dataset_info.json"))]
+        if hits:
+            return hits[-1]  # the highest version when several are there
+    return None
+
+
 def find_file(data_dir: str, task: str, patterns: Sequence[str], expected: str,
               required: bool = True) -> str | None:
     """The first file under ``data_dir/task`` matching one of `patterns`.
+
+    A ``<split>*.parquet`` pattern also matches split `<split>` of a TFDS
+    array_record data set under ``data_dir/task`` (see the module docstring);
+    the result is then the path of its first shard, which `read_records` reads.
 
     Args:
       data_dir: the --data_dir root.
@@ -34,15 +64,24 @@ def find_file(data_dir: str, task: str, patterns: Sequence[str], expected: str,
       required: raise `DataError` when nothing matches (else return None).
     """
     root = os.path.join(data_dir, task)
+    splits = []
     for pattern in patterns:
         hits = sorted(glob.glob(os.path.join(root, pattern)))
         if hits:
             return hits[0]
+        split = _PARQUET_SPLIT.match(pattern)
+        if split:
+            splits.append(split["split"])
+            shard = _tfds_shard(root, split["split"])
+            if shard:
+                return shard
     if not required:
         return None
     names = ", ".join(os.path.join(root, p) for p in patterns)
-    raise DataError(f"{task}: no data file found; looked for {names}. Expected {expected}. "
-                    f"Put the data set's published file under {root}/ (nothing is "
+    tfds_note = (f" (or a TFDS array_record data set with split {' / '.join(splits)})"
+                 if splits else "")
+    raise DataError(f"{task}: no data file found; looked for {names}{tfds_note}. Expected "
+                    f"{expected}. Put the data set's published file under {root}/ (nothing is "
                     "downloaded at run time).")
 
 
@@ -119,8 +158,55 @@ def read_parquet(path: str, expected: str) -> list[dict[str, Any]]:
                         f"{expected}") from None
 
 
+def _plain(value: Any) -> Any:
+    """A TFDS example value as JSON-like Python: bytes -> str, numpy -> lists/scalars."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def read_tfds(path: str, expected: str) -> list[dict[str, Any]]:
+    """Records of the split that shard `path` belongs to, of the TFDS data set in
+    its folder (array_record format; read without TensorFlow)."""
+    folder, name = os.path.split(path)
+    match = _TFDS_SHARD.match(name)
+    if not match:
+        raise DataError(f"{path}: not a TFDS array_record shard; expected {expected}")
+    split = match["split"]
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(f"{folder}: reading a TFDS data set needs tensorflow-datasets; "
+                        f"`pip install tensorflow-datasets`, or provide {expected}") from None
+    try:
+        source = tfds.builder_from_directory(folder).as_data_source(split=split)
+        examples = [source[i] for i in range(len(source))]
+    except Exception as e:  # tfds raises many types for a bad or partial data set
+        raise DataError(f"{folder}: cannot read split {split!r} of this TFDS data set "
+                        f"({type(e).__name__}: {e}); expected an array_record data set of "
+                        f"{expected}") from None
+    try:
+        return [_plain(x) for x in examples]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{folder}: split {split!r} has a text field that is not UTF-8 "
+                        f"({e}); expected {expected}") from None
+
+
 def read_records(path: str, expected: str) -> list[dict[str, Any]]:
-    """Records of a .jsonl/.jsonl.gz, .json or .parquet file."""
+    """Records of a .jsonl/.jsonl.gz, .json or .parquet file, or of a TFDS split
+    (`path` one of its array_record shards, as `find_file` returns)."""
+    if _TFDS_SHARD.match(os.path.basename(path)):
+        return read_tfds(path, expected)
     if path.endswith((".jsonl", ".jsonl.gz")):
         return read_jsonl(path, expected)
     if path.endswith((".json", ".json.gz")):
