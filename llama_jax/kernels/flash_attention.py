@@ -41,12 +41,11 @@ from llama_jax.kernels.flash_attention_bwd import (
     LOG2E,
     MASK_VALUE,
     dot_nn,
-    dot_nt,
     flash_backward_padded,
     kv_loop_bounds,
+    masked_scores,
     maybe_skip,
     segments_overlap,
-    tile_mask,
 )
 
 __all__ = ["MASK_VALUE", "BlockSizes", "attention_reference", "flash_attention",
@@ -146,13 +145,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, *,
             o, m, denom = carry
             k = k_ref[ks, :]  # [block_k, head_dim]
             v = v_ref[ks, :]
-            s = dot_nt(q, k) * scale  # [block_q, block_k]
-            mask = tile_mask(q_start, k_start, block_q, block_k,
-                             causal=causal and masked,
-                             kv_len=kv_len if (masked and ragged_kv) else None,
-                             q_seg=q_seg, k_seg=k_seg)
-            if mask is not None:
-                s = jnp.where(mask, s, MASK_VALUE)
+            s, mask = masked_scores(q, k, scale, q_start, k_start, causal=causal,
+                                    masked=masked, kv_len=kv_len, ragged_kv=ragged_kv,
+                                    q_seg=q_seg, k_seg=k_seg)  # [block_q, block_k]
             m_new = jnp.maximum(m, jnp.max(s, axis=1))  # [block_q]
             if mask is not None:  # all-masked rows so far: keep exponents finite
                 m_new_safe = jnp.where(m_new == MASK_VALUE, 0.0, m_new)

@@ -83,6 +83,23 @@ def tile_mask(q_start, k_start, block_q: int, block_k: int, *, causal: bool,
     return mask
 
 
+def masked_scores(q, k, scale: float, q_start, k_start, *, causal: bool, masked: bool,
+                  kv_len: int, ragged_kv: bool, q_seg=None, k_seg=None):
+    """Scaled logits of one tile with invisible entries at MASK_VALUE, and the mask.
+
+    `masked` is False for tiles known to be fully visible (strictly below the
+    causal diagonal and inside kv_len); then only segment ids can mask.
+    Returns (s [block_q, block_k], mask or None).
+    """
+    s = dot_nt(q, k) * scale  # [block_q, block_k]
+    mask = tile_mask(q_start, k_start, q.shape[0], k.shape[0], causal=causal and masked,
+                     kv_len=kv_len if (masked and ragged_kv) else None,
+                     q_seg=q_seg, k_seg=k_seg)
+    if mask is not None:
+        s = jnp.where(mask, s, MASK_VALUE)
+    return s, mask
+
+
 def segments_overlap(q_seg, k_seg):
     """False when no id of `q_seg` can equal one of `k_seg` (disjoint ranges)."""
     return (jnp.min(q_seg) <= jnp.max(k_seg)) & (jnp.min(k_seg) <= jnp.max(q_seg))
@@ -135,13 +152,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_se
         def compute(dq):
             k = k_ref[ks, :]  # [block_k, head_dim]
             v = v_ref[ks, :]
-            s = dot_nt(q, k) * (sm_scale * LOG2E)  # [block_q, block_k]
-            mask = tile_mask(q_start, k_start, block_q, block_k,
-                             causal=causal and masked,
-                             kv_len=kv_len if (masked and ragged_kv) else None,
-                             q_seg=q_seg, k_seg=k_seg)
-            if mask is not None:
-                s = jnp.where(mask, s, MASK_VALUE)
+            s, _ = masked_scores(q, k, sm_scale * LOG2E, q_start, k_start, causal=causal,
+                                 masked=masked, kv_len=kv_len, ragged_kv=ragged_kv,
+                                 q_seg=q_seg, k_seg=k_seg)  # [block_q, block_k]
             p = jnp.exp2(s - lse2[:, None])
             dp = dot_nt(do, v)  # [block_q, block_k]
             ds = p * (dp - delta[:, None])
@@ -182,13 +195,9 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_
             lse2 = lse_ref[g, qs] * LOG2E  # [block_q]
             lse2 = jnp.where(lse2 == MASK_VALUE, float("inf"), lse2)
             delta = delta_ref[g, qs]
-            s = dot_nt(q, k) * (sm_scale * LOG2E)  # [block_q, block_k]
-            mask = tile_mask(q_start, k_start, block_q, block_k,
-                             causal=causal and masked,
-                             kv_len=kv_len if (masked and ragged_kv) else None,
-                             q_seg=q_seg, k_seg=k_seg)
-            if mask is not None:
-                s = jnp.where(mask, s, MASK_VALUE)
+            s, _ = masked_scores(q, k, sm_scale * LOG2E, q_start, k_start, causal=causal,
+                                 masked=masked, kv_len=kv_len, ragged_kv=ragged_kv,
+                                 q_seg=q_seg, k_seg=k_seg)  # [block_q, block_k]
             p = jnp.exp2(s - lse2[:, None])  # [block_q, block_k]
             dv = dv + dot_tn(p.astype(do.dtype), do)  # [block_k, head_dim]
             dp = dot_nt(do, v)  # [block_q, block_k]
