@@ -44,23 +44,17 @@ def read_prompts(path: str) -> list[str]:
     """Prompts of a file: .jsonl records' "prompt" field, else one per line."""
     if not os.path.isfile(path):
         raise ValueError(f"--prompts_file={path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
     if not path.endswith(".jsonl"):
-        return [ln for ln in lines if ln.strip()]
-    prompts = []
-    for i, ln in enumerate(lines, 1):
-        if not ln.strip():
-            continue
-        try:
-            rec = json.loads(ln)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); expected one object "
-                             "with a 'prompt' string per line") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-            raise ValueError(f"{path}:{i}: expected an object with a 'prompt' string")
-        prompts.append(rec["prompt"])
-    return prompts
+        with open(path, encoding="utf-8") as f:
+            return [ln for ln in f.read().splitlines() if ln.strip()]
+    from llama_jax.eval.tasks.readers import read_jsonl
+
+    expected = "one JSON object with a 'prompt' string per line"
+    records = read_jsonl(path, expected)  # DataError (a ValueError) names file:line.
+    bad = [i for i, r in enumerate(records, 1) if not isinstance(r.get("prompt"), str)]
+    if bad:
+        raise ValueError(f"{path}: record {bad[0]} has no 'prompt' string; expected {expected}")
+    return [r["prompt"] for r in records]
 
 
 def main(argv):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from eval_fixtures import ByteTokenizer
 
 from llama_jax.eval.generate import Generator, SamplingConfig, generate_text, sample_logits
 from llama_jax.model import Llama, LlamaConfig, init_params
@@ -18,16 +19,6 @@ from llama_jax.model import Llama, LlamaConfig, init_params
 NEW = 10
 
 
-class ByteTokenizer:
-    """Bytes + 3 (pad 0, bos 1, eos 2): a stand-in with the Tokenizer interface."""
-
-    bos_id, eos_id, pad_id, vocab_size = 1, 2, 0, 259
-
-    def encode(self, text, bos=False, eos=False):
-        return [1] * bos + [b + 3 for b in text.encode("utf-8")] + [2] * eos
-
-    def decode(self, ids):
-        return bytes(i - 3 for i in ids if 3 <= i < 259).decode("utf-8", errors="replace")
 
 
 @pytest.fixture(scope="module")
