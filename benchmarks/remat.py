@@ -1,7 +1,7 @@
 """Compiled memory and FLOPs of the train step under each remat policy.
 
-For each model shape and each policy of `llama_jax.model.llama.REMAT_POLICIES`
-this lowers and compiles the real train step (`llama_jax.step.make_train_step`,
+For each model shape and each policy of `llama_jax.model.remat.REMAT_POLICIES`
+this lowers and compiles the real train step (`llama_jax.train.step.make_train_step`,
 AdamW) for abstract inputs -- nothing is allocated or run -- and reads XLA's
 `memory_analysis()` (temp / argument / output bytes) and `cost_analysis()`
 (FLOPs). Prints a table and writes JSON.
@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import optax
 
 from llama_jax import sharding as shd
-from llama_jax import step as st
 from llama_jax.model import LlamaConfig, count_params, get_preset
-from llama_jax.model.llama import REMAT_POLICIES
+from llama_jax.model.remat import REMAT_POLICIES
+from llama_jax.train import step as st
 
 SHAPES = {
     # The CPU-trainable preset (dim 256, 4 layers, vocab 4096).

@@ -17,7 +17,7 @@ gradient accumulation with --config.train.grad_accum_steps=N where memory is
 short. Launch on a cluster with launch/slurm.sbatch or launch/tpu_pod.sh.
 """
 
-from llama_jax.config_base import paper_config
+from llama_jax.train.config import paper_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ whole run would be warm-up. Small batches (8 x 128 tokens) give more updates
 for the same CPU time, which is what a few minutes of training needs most.
 """
 
-from llama_jax.config_base import base_config
+from llama_jax.train.config import base_config
 
 
 def get_config():

@@ -1,10 +1,13 @@
 """llama_jax: the LLaMA paper as a JAX/Flax system.
 
 Public names: the model (`Llama`, `LlamaConfig`, `PRESETS`, `count_params`) and
-weight I/O (`from_pretrained`, `save_pretrained`, loaded on first use so that
-importing the package does not import the converters).
+weight I/O (`from_pretrained`, `save_pretrained`). The wings below the package:
+`model/`, `kernels/`, `sharding.py` (what runs on the devices); `data/` (tokenizer,
+sources, grain pipeline, embedded corpus); `convert/` (Meta / HF / orbax
+weights); `train/`, `eval/`, `infer/` (the jobs, each with its CLI).
 """
 
+from llama_jax.convert import from_pretrained, save_pretrained
 from llama_jax.model import (
     PRESETS,
     REMAT_POLICIES,
@@ -31,10 +34,3 @@ __all__ = [
     "save_pretrained",
 ]
 
-
-def __getattr__(name):
-    if name in ("from_pretrained", "save_pretrained"):
-        from llama_jax import convert
-
-        return getattr(convert, name)
-    raise AttributeError(f"module 'llama_jax' has no attribute {name!r}")

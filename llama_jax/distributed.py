@@ -11,16 +11,26 @@ mesh with `llama_jax.sharding.mesh_from_config` (hosts go on the slow DCN
 axes); each process loads only its share of every global batch (the data
 pipeline's rows ``[p * B/P, (p+1) * B/P)``) and `step.global_batch` assembles
 the global array.
+
+`PreemptionHandler` turns SIGTERM/SIGINT (or JAX's multi-host preemption
+notice) into a flag the training loop reads at a step boundary, so a
+preempted run saves and exits with status 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from llama_jax.errors import ConfigError
 
 # Environment variables that mean "this is one process of a multi-process job".
 _JAX_ENV = "JAX_COORDINATOR_ADDRESS"
@@ -128,8 +138,6 @@ def initialize_from_config(dist_cfg: Any = None) -> ProcessInfo:
       ConfigError (a ValueError): an unknown `enabled`, an incomplete explicit
         spec, or ``enabled='yes'`` that ends up with one process.
     """
-    from llama_jax.config_base import ConfigError
-
     def get(key):
         if dist_cfg is None:
             return None
@@ -167,3 +175,75 @@ def shutdown() -> None:
     """Leave the distributed runtime (a no-op when it was never started)."""
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
+
+
+class PreemptionHandler:
+    """SIGTERM/SIGINT -> a flag the loop checks at step boundaries.
+
+    The first signal sets `requested`; the loop saves a checkpoint and returns
+    (exit status 0). A second SIGINT raises KeyboardInterrupt at once.
+
+    With several processes, JAX's preemption service (started by
+    ``jax.distributed.initialize``) catches SIGTERM itself and agrees on a
+    common step with the other hosts (`reached` asks it), so no Python handler
+    is installed there; without that service the local flag is used.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    @staticmethod
+    def _jax_service() -> bool:
+        """Whether JAX's preemption service runs: several processes joined by
+        `jax.distributed.initialize` with ``jax_enable_preemption_service`` on
+        (public API only, so it holds across JAX versions)."""
+        return (jax.process_count() > 1 and jax.distributed.is_initialized()
+                and bool(getattr(jax.config, "jax_enable_preemption_service", True)))
+
+    def install(self) -> PreemptionHandler:
+        if self._jax_service():
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning("not in the main thread: SIGTERM/SIGINT handlers not installed")
+            return self
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        if self._event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def reached(self, step: int) -> bool:
+        """Whether to save-and-stop after `step` (all processes agree)."""
+        if self._jax_service():
+            try:
+                reached = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # No sync manager after all: the local flag decides.
+                return self.requested
+            if reached:
+                self.signal_name = self.signal_name or "SIGTERM"
+            return reached
+        return self.requested
+
+    def uninstall(self) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous.clear()
+
+    def __enter__(self) -> PreemptionHandler:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from llama_jax.metrics import read_metrics
 from llama_jax.png import GLYPH_H, Canvas
+from llama_jax.train.metrics import read_metrics
 
 # The paper's Figure 1 palette (matplotlib's tab10 order).
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),

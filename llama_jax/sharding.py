@@ -17,8 +17,9 @@ its mesh axes do not divide. All mesh axes are `AxisType.Auto` (GSPMD).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -398,3 +399,35 @@ def activate(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
     """Make `mesh` and `rules` current for tracing (constraints, shard_map)."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
+
+
+class JittedStep:
+    """A `jax.jit`-ed function that traces and runs under `activate(mesh, rules)`.
+
+    The one jit-under-mesh wrapper: the train and eval steps, `Scorer` and
+    `Generator` all run through it. Call it like the function (static
+    arguments by keyword, as `jit_kwargs` declares them). `trace_count`
+    counts traces (a second trace means a recompile); `lower(...)` gives the
+    lowered computation for ``.compile().memory_analysis()`` /
+    ``cost_analysis()``.
+    """
+
+    def __init__(self, fn: Callable, mesh: Mesh, rules: Rules = DEFAULT_RULES, **jit_kwargs):
+        self.mesh, self.rules = mesh, rules
+        self.trace_count = 0
+
+        @functools.wraps(fn)
+        def counted(*args, **kwargs):
+            self.trace_count += 1
+            return fn(*args, **kwargs)
+
+        self.jitted = jax.jit(counted, **jit_kwargs)
+
+    def __call__(self, *args, **kwargs):
+        with activate(self.mesh, self.rules):
+            return self.jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        """`jax.jit(...).lower(...)` under the mesh and rules."""
+        with activate(self.mesh, self.rules):
+            return self.jitted.lower(*args, **kwargs)

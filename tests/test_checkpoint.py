@@ -13,8 +13,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from llama_jax import checkpoint as ck
-from llama_jax.config_base import ConfigError
+from llama_jax.convert.workdir import checkpoint_dir, load_params
+from llama_jax.distributed import PreemptionHandler
+from llama_jax.errors import ConfigError
+from llama_jax.train import checkpoint as ck
 
 
 @flax.struct.dataclass
@@ -137,21 +139,21 @@ def test_load_params_from_workdir_and_step_dir(tmp_path, tiny_config):
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape).astype(s.dtype)),
                           nn.meta.unbox(abstract_params(tiny_config)))
     state = ToyState(step=jnp.int32(5), params=params, opt_state={"count": jnp.int32(5)})
-    c = ck.Checkpointer(ck.checkpoint_dir(tmp_path), every=1, keep=3, with_data=False)
+    c = ck.Checkpointer(checkpoint_dir(tmp_path), every=1, keep=3, with_data=False)
     c.save(5, state, rng=jax.random.key(0), meta={"model_config": tiny_config.to_dict()}, force=True)
     c.close()
     for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "5"):
-        cfg, loaded = ck.load_params(path)
+        cfg, loaded = load_params(path)
         assert cfg == tiny_config
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                      params, loaded)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        ck.load_params(tmp_path / "nothing")
+        load_params(tmp_path / "nothing")
 
 
 def test_preemption_handler_sets_flag_and_restores_handlers():
     before = signal.getsignal(signal.SIGTERM)
-    with ck.PreemptionHandler() as h:
+    with PreemptionHandler() as h:
         assert not h.requested and not h.reached(1)
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):
@@ -167,5 +169,5 @@ def test_preemption_service_probe_uses_public_jax_api():
     reads only public API (jax._src moves between releases, e.g. 0.10 -> 0.11)."""
     import inspect
 
-    assert not ck.PreemptionHandler._jax_service()
+    assert not PreemptionHandler._jax_service()
     assert "jax._src" not in inspect.getsource(ck)

@@ -8,9 +8,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from llama_jax import config_base, trainer
-from llama_jax.config_base import ConfigError
+from llama_jax.errors import ConfigError
 from llama_jax.train import check_overrides, load_config_file
+from llama_jax.train import config as config_base
+from llama_jax.train import loop as trainer
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 
@@ -182,7 +183,7 @@ def _paper_data(root: Path) -> None:
 def test_paper_config_command_gets_past_data_setup(name, tmp_path):
     """The documented command (only --config.data.root) with the model shrunk: the
     tokenizer defaults to ROOT/tokenizer.model and every Table 1 source is found."""
-    from llama_jax.train_data import setup_data
+    from llama_jax.train.data import setup_data
 
     root = tmp_path / "mixture"
     config = _parse([f"--config={Path(CONFIGS[0]).parent / f'{name}.py'}",

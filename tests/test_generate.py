@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from eval_fixtures import ByteTokenizer
 
-from llama_jax.eval.generate import Generator, SamplingConfig, generate_text, sample_logits
+from llama_jax.infer.engine import Generator, SamplingConfig, generate_text, sample_logits
 from llama_jax.model import Llama, LlamaConfig, init_params
 
 NEW = 10
@@ -170,7 +170,7 @@ def spm_tok(tmp_path_factory):
 
 def test_continuations_keep_their_leading_spaces(spm_tok):
     """SentencePiece drops a sequence's leading space; continuations must not."""
-    from llama_jax.eval.generate import ContinuationDecoder
+    from llama_jax.infer.engine import ContinuationDecoder
 
     for prompt, cont in (("def f():\n", "    return 1\n"), ("Q: capital?\nA:", " Paris")):
         p_ids = spm_tok.encode(prompt, bos=True)

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from llama_jax import checkpoint as ck
-from llama_jax import distributed, metrics
-from llama_jax.config_base import ConfigError
-from llama_jax.trainer import train_and_evaluate
+from llama_jax import distributed
+from llama_jax.convert.workdir import read_meta
+from llama_jax.errors import ConfigError
+from llama_jax.train import metrics
+from llama_jax.train.loop import train_and_evaluate
 
 TIMEOUT_S = 420
 STEPS = 3
@@ -103,7 +104,7 @@ def test_two_processes_train_like_one(tmp_path: Path):
         np.testing.assert_allclose(got[STEPS][f"eval_loss/{name}"], ref.eval_losses[f"eval_loss/{name}"],
                                    rtol=1e-5)
     assert len({round(want[s]["loss"], 6) for s in want}) == STEPS  # training moved
-    meta2, meta1 = (ck.read_meta(w / "checkpoints" / str(STEPS)) for w in (two, one))
+    meta2, meta1 = (read_meta(w / "checkpoints" / str(STEPS)) for w in (two, one))
     assert meta2["source_stats"] == meta1["source_stats"]
     assert meta2["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1, "sequence": 1}
 

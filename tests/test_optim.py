@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from llama_jax import optim
 from llama_jax.model import abstract_params
+from llama_jax.train import optim
 
 
 def test_schedule_hand_computed_values():

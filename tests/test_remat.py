@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from llama_jax import step as st
 from llama_jax.model import init_params
-from llama_jax.model.llama import LINEAR_NAMES, REMAT_POLICIES, Block, _block_class
+from llama_jax.model.llama import Block, _block_class
+from llama_jax.model.remat import LINEAR_NAMES, REMAT_POLICIES
+from llama_jax.train import step as st
 
 B, L = 2, 16
 

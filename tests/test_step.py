@@ -20,8 +20,8 @@ import optax
 import pytest
 
 from llama_jax import sharding as shd
-from llama_jax import step as st
 from llama_jax.model import Llama, LlamaConfig
+from llama_jax.train import step as st
 
 MESH_SHAPES = [(8, 1, 1, 1), (1, 8, 1, 1), (1, 1, 8, 1), (1, 1, 1, 8), (2, 2, 2, 1), (1, 2, 2, 2)]
 B, L = 8, 16
@@ -138,7 +138,7 @@ def plain_loss(params, batch):
 
 @jax.jit
 def plain_step(params, batch):
-    """Loss, grads, grad norm and updated params without `llama_jax.step`."""
+    """Loss, grads, grad norm and updated params without `llama_jax.train.step`."""
     loss, grads = jax.value_and_grad(plain_loss)(params, batch)
     updates, _ = OPTIMIZER.update(grads, OPTIMIZER.init(params), params)
     return loss, grads, jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))), optax.apply_updates(params, updates)

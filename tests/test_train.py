@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from llama_jax import checkpoint as ck
-from llama_jax import metrics, optim, trainer
-from llama_jax.config_base import ConfigError
-from llama_jax.data.sources import DataError
-from llama_jax.trainer import NonFiniteLossError, train_and_evaluate
+from llama_jax.convert.workdir import load_params, read_meta
+from llama_jax.errors import ConfigError, DataError, NonFiniteLossError
+from llama_jax.train import checkpoint as ck
+from llama_jax.train import loop as trainer
+from llama_jax.train import metrics, optim
+from llama_jax.train.loop import train_and_evaluate
 
 STEPS = 40
 BASE = {"train.steps": STEPS, "checkpoint.every": 4, "checkpoint.keep": 20,
@@ -172,7 +173,7 @@ def test_resume_on_a_different_mesh(root, reference, tmp_path):
     got = losses(wd)
     assert sorted(got) == list(range(21, STEPS + 1))
     np.testing.assert_allclose([got[s] for s in got], [ref[s] for s in got], rtol=0, atol=1e-5)
-    meta = ck.read_meta(wd / "checkpoints" / str(STEPS))
+    meta = read_meta(wd / "checkpoints" / str(STEPS))
     assert meta["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
 
 
@@ -252,7 +253,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path):
     bad_step = int(str(e.value).split()[1].rstrip(":"))
     assert saved and max(saved) < bad_step
     for step in saved:  # every checkpoint that was written holds finite parameters
-        _, params = ck.load_params(wd / "checkpoints" / str(step))
+        _, params = load_params(wd / "checkpoints" / str(step))
         assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(params))
     recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in recs)

@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from llama_jax import event_file, metrics, plot, png
+from llama_jax import event_file, plot, png
+from llama_jax.data.stats import SourceStats
 from llama_jax.model import count_params, get_preset
+from llama_jax.train import metrics
 
 
 @pytest.mark.parametrize("preset", ["tiny", "llama_7b", "llama_65b"])
@@ -130,7 +132,7 @@ def test_progress_bar_draws_eta_on_a_terminal():
 
 
 def test_source_stats_counts_tokens_and_epochs():
-    stats = metrics.SourceStats(["a", "b"])
+    stats = SourceStats(["a", "b"])
     batch = {"source_id": np.array([0, 1, 0]), "loss_mask": np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0]]),
              "epoch_progress": np.array([0.5, 1.25, 0.75], np.float32)}
     stats.update(batch)
@@ -139,7 +141,7 @@ def test_source_stats_counts_tokens_and_epochs():
     assert stats.tokens == {"a": 3, "b": 3}
     assert stats.epochs == {"a": 0.75, "b": 1.25}
     assert stats.scalars() == {"tokens/a": 3, "tokens/b": 3, "epoch/a": 0.75, "epoch/b": 1.25}
-    again = metrics.SourceStats(["a", "b"], json.loads(json.dumps(stats.state())))
+    again = SourceStats(["a", "b"], json.loads(json.dumps(stats.state())))
     assert again.state() == stats.state()
 
 
@@ -147,7 +149,7 @@ def test_source_stats_sum_over_processes():
     """`sync` with a gather adds every process's pending tokens (beyond int32, as
     two int32 words) and takes the furthest epoch; a restored total is the base."""
     base = {"tokens": {"a": 10, "b": 20}, "epochs": {"a": 2.0, "b": 0.1}}
-    mine = metrics.SourceStats(["a", "b"], base)
+    mine = SourceStats(["a", "b"], base)
     mine.update({"source_id": np.array([0, 0]), "loss_mask": np.ones((2, 4)),
                  "epoch_progress": np.array([1.5, 2.5])})
     big = 5 * 2**31 + 7  # another process's count since the last sync

@@ -8,7 +8,7 @@
 - This project's orbax model format: ``llama_config.json`` + ``params/``.
 
 A training workdir (with ``checkpoints/``) or an orbax CheckpointManager step
-directory is handed to `llama_jax.checkpoint.load_params`.
+directory is read by `llama_jax.convert.workdir.load_params`.
 
     config, params = from_pretrained("/ckpt/llama-7b")            # any layout
     save_pretrained(config, params, "/out/llama-7b-hf", format="hf")
@@ -38,6 +38,7 @@ from llama_jax.convert.common import (
 from llama_jax.convert.hf import load_hf, save_hf
 from llama_jax.convert.meta import check_shardable, load_meta, save_meta
 from llama_jax.convert.orbax_format import is_orbax_model, load_orbax, save_orbax
+from llama_jax.convert.workdir import is_training_checkpoint, load_params
 from llama_jax.model.config import LlamaConfig
 
 __all__ = [
@@ -58,14 +59,6 @@ _EXPECTED = ("Meta (params.json + consolidated.NN.pth), Hugging Face (config.jso
              "checkpoint step directory (_CHECKPOINT_METADATA)")
 
 
-def _is_training_checkpoint(path: Path) -> bool:
-    if (path / "checkpoints").is_dir() or (path / "_CHECKPOINT_METADATA").is_file():
-        return True
-    # A CheckpointManager root: numbered step directories.
-    return any(p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").is_file()
-               for p in path.iterdir())
-
-
 def detect_format(path: str | os.PathLike) -> str:
     """'orbax', 'training', 'meta' or 'hf' for a checkpoint directory; else raise."""
     path = Path(path)
@@ -76,7 +69,7 @@ def detect_format(path: str | os.PathLike) -> str:
     names = {p.name for p in path.iterdir()}
     if is_orbax_model(path):
         return "orbax"
-    if _is_training_checkpoint(path):
+    if is_training_checkpoint(path):
         return "training"
     if "params.json" in names or any(n.startswith("consolidated.") and n.endswith(".pth")
                                      for n in names):
@@ -86,15 +79,6 @@ def detect_format(path: str | os.PathLike) -> str:
     listing = sorted(names)[:10] or "nothing"
     raise ConversionError(f"{path}: unsupported or unknown checkpoint format (found "
                           f"{listing}); expected {_EXPECTED}")
-
-
-def _load_training(path: Path) -> tuple[LlamaConfig, Any]:
-    try:
-        from llama_jax.checkpoint import load_params
-    except ImportError as e:
-        raise ConversionError(f"{path} is a training checkpoint, which is read by "
-                              f"llama_jax.checkpoint.load_params; importing it failed: {e}") from e
-    return load_params(path)
 
 
 def from_pretrained(
@@ -126,7 +110,7 @@ def from_pretrained(
     fmt = format or detect_format(path)
     loaders = {"meta": load_meta, "hf": load_hf, "orbax": load_orbax}
     if fmt == "training":
-        config, params = _load_training(path)
+        config, params = load_params(path)
         params = stack_layers(params)
     elif fmt in loaders:
         config, params = loaders[fmt](path, np_dtype)

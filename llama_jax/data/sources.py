@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from llama_jax.data.views import IndexView, shard, split_heldout
+from llama_jax.errors import DataError
 
 __all__ = ["KINDS", "ON_ERROR", "RECORD_FORMATS", "ArrayRecordSource", "DataError", "DocumentSource", "IndexView",
            "JsonlSource", "SourceSpec", "TextFilesSource", "TfdsSource", "build_source", "shard", "source_from_arg",
@@ -41,9 +42,6 @@ KINDS = ("text", "jsonl", "array_record", "tfds")
 ON_ERROR = ("raise", "skip")
 RECORD_FORMATS = ("text", "json")
 
-
-class DataError(ValueError):
-    """Bad user data or data configuration (message names the thing and the fix)."""
 
 
 @dataclasses.dataclass(frozen=True)

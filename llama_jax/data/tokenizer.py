@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from llama_jax.data import sources as sources_lib
+
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 # Meta's trainer spec for LLaMA's tokenizer.model (read from the released file).
@@ -289,8 +291,6 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: train a tokenizer from sources (paths, folders, globs, .jsonl, .array_record)."""
-    from llama_jax.data import sources as sources_lib
-
     parser = argparse.ArgumentParser(prog="python -m llama_jax.data.tokenizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", required=True,

@@ -10,7 +10,7 @@
 * CLI: ``python -m llama_jax.eval`` (see docs/eval.md).
 """
 
-from llama_jax.eval.generate import Generator, SamplingConfig, generate_text
 from llama_jax.eval.scoring import LoglikelihoodResult, Scorer
+from llama_jax.infer.engine import Generator, SamplingConfig, generate_text
 
 __all__ = ["Generator", "LoglikelihoodResult", "SamplingConfig", "Scorer", "generate_text"]

@@ -21,6 +21,15 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from llama_jax.convert import from_pretrained
+from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.errors import DataError
+from llama_jax.eval import paper_results, report
+from llama_jax.eval.runner import build_context, evaluate
+from llama_jax.eval.tasks import parse_task_list
+from llama_jax.infer import placement
+from llama_jax.model import count_params
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
 flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: <checkpoint>/tokenizer.model).")
@@ -59,10 +68,6 @@ def main(argv):
     for name in ("checkpoint", "tasks"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    from llama_jax.eval import placement, report
-    from llama_jax.eval.runner import build_context, evaluate
-    from llama_jax.eval.tasks import DataError, parse_task_list
-
     try:  # user errors: one line, exit status 2
         specs = parse_task_list(FLAGS.tasks, FLAGS.num_fewshot)
         mesh = placement.parse_mesh(FLAGS.mesh)
@@ -72,20 +77,16 @@ def main(argv):
     needs_data = any(t.name != "perplexity" for t, _ in specs) or not FLAGS.perplexity_corpus
     if needs_data and not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (one folder of data files per task)")
-    import llama_jax
-    from llama_jax.data.sources import DataError as SourceDataError
-    from llama_jax.data.tokenizer import Tokenizer
-
     tok_path = FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model")
     try:
         tokenizer = Tokenizer.load(tok_path)
         overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else None
-        config, params = llama_jax.from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
+        config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                                    config_overrides=overrides)
     except (OSError, ValueError) as e:  # missing files, bad checkpoint (ConversionError)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    num_params = llama_jax.count_params(config)
+    num_params = count_params(config)
     ctx = build_context(
         config, params, tokenizer, mesh=mesh,
         batch_size=FLAGS.batch_size, max_len=FLAGS.max_len, seed=FLAGS.seed,
@@ -95,8 +96,6 @@ def main(argv):
                      sandbox_timeout_s=FLAGS.sandbox_timeout_s,
                      perplexity_corpus=FLAGS.perplexity_corpus))
     del params  # the context holds the parameters on the mesh; free the host copy
-    from llama_jax.eval import paper_results
-
     meta = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "tokenizer": os.path.abspath(tok_path),
             "num_params": num_params, "paper_size": paper_results.nearest_size(num_params),
             "config": config.to_dict(), "limit": FLAGS.limit, "seed": FLAGS.seed}
@@ -110,7 +109,7 @@ def main(argv):
     try:
         results = evaluate(ctx, specs, FLAGS.data_dir or "", limit=FLAGS.limit,
                            keep_predictions=FLAGS.log_samples, on_result=save)
-    except (DataError, SourceDataError) as e:
+    except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.markdown_table(results, num_params))

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llama_jax import sharding
-from llama_jax.eval import placement
-from llama_jax.eval.generate import Generator
 from llama_jax.eval.scoring import Scorer
 from llama_jax.eval.tasks import EvalContext, Task
+from llama_jax.infer import placement
+from llama_jax.infer.engine import Generator
 
 log = logging.getLogger(__name__)
 

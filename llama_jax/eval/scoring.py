@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from llama_jax import sharding
-from llama_jax.eval import placement
+from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig
 
 
@@ -84,14 +84,17 @@ class Scorer:
             self.buckets = (*self.buckets, self.max_len)
         self.batch_size = placement.round_batch(batch_size, self.mesh, rules)
         self.params = placement.place_params(config, params, self.mesh, rules)
-        self.trace_count = 0
         self._model = Llama(config)
         self._in_sharding = sharding.data_sharding(self.mesh, rules, shard_length=False)
-        self._jitted = jax.jit(self._score_batch)
+        self._jitted = sharding.JittedStep(self._score_batch, self.mesh, rules)
+
+    @property
+    def trace_count(self) -> int:
+        """How often the scoring function was traced (once per (batch, bucket) shape)."""
+        return self._jitted.trace_count
 
     # The traced function: runs once per distinct (batch, bucket) shape.
     def _score_batch(self, params, tokens, positions, targets, segment_ids, loss_mask):
-        self.trace_count += 1
         logits = self._model.apply({"params": params}, tokens, positions=positions,
                                    segment_ids=segment_ids)  # [batch, len, vocab]
         logprobs = jax.nn.log_softmax(logits, axis=-1)  # [batch, len, vocab]
@@ -141,10 +144,8 @@ class Scorer:
                 targets[row, :n] = tgt
                 segs[row, :n] = 1
                 mask[row, n - n_cont:n] = 1
-            with sharding.activate(self.mesh, self.rules):
-                batch = jax.device_put((tokens, positions, targets, segs, mask),
-                                       self._in_sharding)
-                total, greedy = self._jitted(self.params, *batch)
+            batch = jax.device_put((tokens, positions, targets, segs, mask), self._in_sharding)
+            total, greedy = self._jitted(self.params, *batch)
             total, greedy = np.asarray(total), np.asarray(greedy)
             for row, i in enumerate(idx):
                 results[i] = LoglikelihoodResult(float(total[row]), bool(greedy[row]),
@@ -174,8 +175,7 @@ class Scorer:
         total = 0.0
         for start in range(0, size, self.batch_size):
             part = tuple(a[start:start + self.batch_size] for a in arrays)
-            with sharding.activate(self.mesh, self.rules):
-                lp, _ = self._jitted(self.params, *jax.device_put(part, self._in_sharding))
+            lp, _ = self._jitted(self.params, *jax.device_put(part, self._in_sharding))
             total += float(np.sum(np.asarray(lp, np.float64)))
         return total, int(np.sum(arrays[4]))
 

@@ -2,13 +2,13 @@
 
 from llama_jax.model.config import PRESETS, LlamaConfig, ffn_hidden_dim, get_preset
 from llama_jax.model.llama import (
-    REMAT_POLICIES,
     Llama,
     abstract_params,
     count_params,
     init_cache,
     init_params,
 )
+from llama_jax.model.remat import REMAT_POLICIES
 
 __all__ = [
     "PRESETS",

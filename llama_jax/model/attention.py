@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from llama_jax import sharding
+from llama_jax.kernels.flash_attention import flash_attention
+from llama_jax.kernels.ring_attention import ring_attention
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.layers import Linear, apply_rope, constrain
 
@@ -94,8 +97,6 @@ def dot_product_attention(
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
     if impl == "pallas":
-        from llama_jax.kernels.flash_attention import flash_attention
-
         if jax.default_backend() not in ("gpu", "cpu"):
             # The kernel targets Pallas' GPU (Triton) lowering; CPU runs it in
             # interpret mode for tests. Elsewhere interpret mode would be a
@@ -126,9 +127,6 @@ def dot_product_attention(
 def _ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal, on_gpu):
     """Ring attention over the active mesh's `sequence` axis; batch and heads
     stay sharded the way the active logical rules shard activations."""
-    from llama_jax import sharding
-    from llama_jax.kernels.ring_attention import ring_attention
-
     if q.shape[1] != k.shape[1] or q_segment_ids is not kv_segment_ids:
         raise ValueError("attention_impl='ring' is for self-attention over one sequence "
                          f"(q_len == kv_len, one segment_ids); got {q.shape=}, {k.shape=}")

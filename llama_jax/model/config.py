@@ -13,6 +13,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from llama_jax.model.remat import REMAT_POLICIES
+
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "ring", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -47,7 +49,7 @@ class LlamaConfig:
       dtype: compute dtype of activations ("float32" or "bfloat16").
       param_dtype: storage dtype of parameters.
       attention_impl: "xla", "cudnn", "pallas", "ring" or "auto".
-      remat_policy: a key of `llama_jax.model.llama.REMAT_POLICIES`.
+      remat_policy: a key of `llama_jax.model.remat.REMAT_POLICIES`.
       scan_layers: stack the blocks with `nn.scan` (one compiled block).
     """
 
@@ -96,9 +98,6 @@ class LlamaConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             fail(f"attention_impl={self.attention_impl!r} is not one of "
                  f"{ATTENTION_IMPLS}")
-        # Imported here: llama.py imports this module.
-        from llama_jax.model.llama import REMAT_POLICIES
-
         if self.remat_policy not in REMAT_POLICIES:
             fail(f"remat_policy={self.remat_policy!r} is not one of "
                  f"{sorted(REMAT_POLICIES)}")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from llama_jax.model.config import LlamaConfig
+from llama_jax.sharding import with_logical_constraint
 
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -25,8 +26,6 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     Delegates to `llama_jax.sharding.with_logical_constraint`, which raises for
     a logical name that has no rule (instead of silently replicating).
     """
-    from llama_jax.sharding import with_logical_constraint
-
     return with_logical_constraint(x, tuple(names))
 
 

@@ -8,8 +8,6 @@ under `layers` with a leading `layers` axis; otherwise under `layers_0`, ...
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,32 +15,7 @@ import jax.numpy as jnp
 from llama_jax.model.attention import Attention
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.layers import Embed, FeedForward, Linear, RMSNorm, constrain
-
-LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-
-_cp = jax.checkpoint_policies
-
-# Remat policy name -> `jax.checkpoint` policy. `None` means no remat at all.
-REMAT_POLICIES: dict[str, Any] = {
-    "none": None,
-    # Save nothing: recompute the whole block in the backward pass.
-    "full": _cp.nothing_saveable,
-    # The paper's selective checkpointing: keep linear-layer outputs,
-    # recompute norms, activations and attention.
-    "save_linear": _cp.save_only_these_names(*LINEAR_NAMES),
-    # Also keep the attention output so a flash kernel is not re-run.
-    "save_linear_and_attention": _cp.save_only_these_names(
-        *LINEAR_NAMES, "attention"),
-    # Keep every matmul result (XLA's dots), whatever produced it.
-    "save_dots": _cp.dots_with_no_batch_dims_saveable,
-    # Like save_linear, but the saved values live in pinned host memory.
-    "offload_linear": _cp.save_and_offload_only_these_names(
-        names_which_can_be_saved=(),
-        names_which_can_be_offloaded=LINEAR_NAMES,
-        offload_src="device",
-        offload_dst="pinned_host",
-    ),
-}
+from llama_jax.model.remat import REMAT_POLICIES
 
 ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
 
@@ -137,7 +110,7 @@ def init_params(config: LlamaConfig, rng: jax.Array, seq_len: int = 8):
     """Random parameters (logical-name boxes stripped) for `config`, on one device.
 
     Jitted: an eager Flax init dispatches op by op and is many times slower.
-    For sharded initialisation use `llama_jax.step.init_train_state`.
+    For sharded initialisation use `llama_jax.train.step.init_train_state`.
     """
     tokens = jnp.zeros((1, min(seq_len, config.max_seq_len)), jnp.int32)
     init = jax.jit(lambda r: nn.meta.unbox(Llama(config).init(r, tokens)["params"]))

@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from llama_jax.eval import metrics, sandbox
-from llama_jax.eval.generate import SamplingConfig
 from llama_jax.eval.tasks import readers
 from llama_jax.eval.tasks.base import EvalContext, Task, apply_limit
 from llama_jax.eval.tasks.generative import run_generation
 from llama_jax.eval.tasks.readers import get_field, require
+from llama_jax.infer.engine import SamplingConfig
 
 KS = (1, 10, 80, 100)
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")

@@ -18,10 +18,10 @@ import random
 from typing import Any
 
 from llama_jax.eval import metrics
-from llama_jax.eval.generate import GREEDY, SamplingConfig, generate_text
 from llama_jax.eval.tasks import readers
 from llama_jax.eval.tasks.base import EvalContext, Task, apply_limit, sample_fewshot
 from llama_jax.eval.tasks.readers import DataError, get_field, require
+from llama_jax.infer.engine import GREEDY, SamplingConfig, generate_text
 
 log = logging.getLogger(__name__)
 

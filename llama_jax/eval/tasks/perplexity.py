@@ -22,9 +22,12 @@ import math
 import os
 from typing import Any
 
+from llama_jax.data import corpus as corpus_lib
+from llama_jax.data.mixture import make_eval_batches
 from llama_jax.eval.tasks import readers
 from llama_jax.eval.tasks.base import EvalContext, Task
 from llama_jax.eval.tasks.readers import DataError, get_field
+from llama_jax.train.data import source_specs
 
 PERPLEXITY_FORMAT = ("text sources in <data_dir>/perplexity/: *.jsonl files (one document per "
                      "line, text in the 'text' field) and/or *.txt files (one document each); "
@@ -70,8 +73,6 @@ def _config_file_specs(path: str, vocab_size: int):
     """The data sources of a training config file (``get_config()``'s ``data``)."""
     import importlib.util
 
-    from llama_jax.train_data import source_specs
-
     spec = importlib.util.spec_from_file_location("_perplexity_config", path)
     if spec is None or spec.loader is None:
         raise DataError(f"perplexity: cannot load the config file {path}")
@@ -92,8 +93,6 @@ def _corpus_specs(ctx: EvalContext):
         if not os.path.isfile(corpus):
             raise DataError(f"perplexity: config file {corpus} does not exist")
         return _config_file_specs(corpus, ctx.tokenizer.vocab_size)
-    from llama_jax.data import corpus as corpus_lib
-
     root = None if corpus == "embedded" else corpus
     return list(corpus_lib.ensure_corpus(root).sources)
 
@@ -105,8 +104,6 @@ def run_perplexity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int
     total_lp, total_tok = 0.0, 0
     specs = _corpus_specs(ctx)
     if specs is not None:
-        from llama_jax.data.mixture import make_eval_batches
-
         seq_len = int(ctx.option("perplexity_seq_len", scorer.max_len))
         for i, spec in enumerate(specs):
             batches = make_eval_batches(spec, ctx.tokenizer, seq_len=seq_len,

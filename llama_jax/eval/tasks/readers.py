@@ -25,10 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-
-class DataError(ValueError):
-    """A task's data file is missing or not in the expected format."""
-
+from llama_jax.errors import DataError
 
 # "validation*.parquet" -> split "validation" (the HF export's split name).
 _PARQUET_SPLIT = re.compile(r"^(?P<split>[a-z_]+)\*\.parquet$")

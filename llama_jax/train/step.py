@@ -14,7 +14,6 @@ rules)`, so the model's logical activation constraints resolve on `mesh`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from llama_jax import sharding as shd
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import Llama
-from llama_jax.optim import schedule_count
+from llama_jax.train.optim import schedule_count
 
 Batch = Mapping[str, jax.Array]
 # The [batch, len] arrays a training batch carries (the data side adds per-row metadata).
@@ -42,35 +41,6 @@ class TrainState(flax.struct.PyTreeNode):
     step: jax.Array
     params: Any
     opt_state: Any
-
-
-class JittedStep:
-    """A `jax.jit`-ed function that traces and runs under `activate(mesh, rules)`.
-
-    Call it like the function. `trace_count` counts traces (a second trace
-    means a recompile); `lower(*args)` gives the lowered computation for
-    `.compile().memory_analysis()` / `cost_analysis()`.
-    """
-
-    def __init__(self, fn: Callable, mesh: Mesh, rules: shd.Rules, **jit_kwargs):
-        self.mesh, self.rules = mesh, rules
-        self.trace_count = 0
-
-        @functools.wraps(fn)
-        def counted(*args):
-            self.trace_count += 1
-            return fn(*args)
-
-        self.jitted = jax.jit(counted, **jit_kwargs)
-
-    def __call__(self, *args):
-        with shd.activate(self.mesh, self.rules):
-            return self.jitted(*args)
-
-    def lower(self, *args):
-        """`jax.jit(...).lower(*args)` under the mesh and rules."""
-        with shd.activate(self.mesh, self.rules):
-            return self.jitted.lower(*args)
 
 
 # --------------------------------------------------------------------------
@@ -178,7 +148,7 @@ def make_init(model_config: LlamaConfig, optimizer: optax.GradientTransformation
     check_remat_backend(model_config, mesh)
     _, shardings, boxed = _abstract(model_config, optimizer, mesh, rules)
     init = _init_fn(model_config, optimizer, boxed)
-    jitted = JittedStep(lambda r: nn.meta.unbox(init(r)), mesh, rules,
+    jitted = shd.JittedStep(lambda r: nn.meta.unbox(init(r)), mesh, rules,
                         out_shardings=shardings)
     return jitted, shardings
 
@@ -270,7 +240,7 @@ def _grads(params, batch, config, k, mesh, rules, param_shardings):
 
 def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules: shd.Rules, state_shardings: TrainState, *,
-                    grad_accum_steps: int = 1, donate: bool = True) -> JittedStep:
+                    grad_accum_steps: int = 1, donate: bool = True) -> shd.JittedStep:
     """The jitted `step(state, batch) -> (state, metrics)`.
 
     In/out shardings are explicit (`state_shardings`, `data_sharding` for every
@@ -308,7 +278,7 @@ def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransfor
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return JittedStep(
+    return shd.JittedStep(
         step, mesh, rules,
         in_shardings=(state_shardings, shd.data_sharding(mesh, rules)),
         out_shardings=(state_shardings, shd.replicated(mesh)),
@@ -316,7 +286,7 @@ def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransfor
 
 
 def make_eval_step(model_config: LlamaConfig, mesh: Mesh, rules: shd.Rules,
-                   param_shardings: Any) -> JittedStep:
+                   param_shardings: Any) -> shd.JittedStep:
     """The jitted `eval_step(params, batch) -> {'loss_sum', 'num_tokens'}`
     (sums, so a caller can add them over batches and divide once)."""
 
@@ -324,7 +294,7 @@ def make_eval_step(model_config: LlamaConfig, mesh: Mesh, rules: shd.Rules,
         total, count = loss_sums(params, batch, model_config)
         return {"loss_sum": total, "num_tokens": count}
 
-    return JittedStep(evaluate, mesh, rules,
+    return shd.JittedStep(evaluate, mesh, rules,
                       in_shardings=(param_shardings, shd.data_sharding(mesh, rules)),
                       out_shardings=shd.replicated(mesh))
 

@@ -14,29 +14,25 @@ object stores), so a kill at any moment leaves every finalized step readable
 and an unfinished one is ignored on restart. The last ``checkpoint.keep``
 steps are kept.
 
-`PreemptionHandler` turns SIGTERM/SIGINT into a flag the training loop reads
-at a step boundary, so a preempted run saves and exits with status 0.
-`load_params` reads (LlamaConfig, params) from a workdir or a step directory.
+The layout's names and `load_params` (the parameters of a finalized step, as
+`from_pretrained` reads them) live in `llama_jax.convert.workdir`; SIGTERM/SIGINT
+handling in `llama_jax.distributed.PreemptionHandler`.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
+from llama_jax.convert.workdir import DATA, META, STATE, read_meta
+from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.sharding import path_str
-
-STATE, DATA, META = "state", "data", "meta"
-CHECKPOINT_DIR = "checkpoints"
 
 # Model-config fields that change parameter shapes or layout: a checkpoint
 # with different values cannot be resumed.
@@ -48,11 +44,6 @@ def _grain_handler():
     import grain
 
     return grain.checkpoint.CheckpointHandler()
-
-
-def checkpoint_dir(workdir: str | Path) -> Path:
-    """Where a training workdir keeps its checkpoints."""
-    return Path(workdir) / CHECKPOINT_DIR
 
 
 class Checkpointer:
@@ -207,15 +198,6 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=default))
 
 
-def read_meta(step_dir: str | Path) -> dict:
-    """The meta JSON of a finalized step directory."""
-    path = Path(step_dir) / META / "metadata"
-    if not path.exists():
-        raise FileNotFoundError(f"{step_dir} is not a llama_jax checkpoint step "
-                                f"(no {META}/metadata); pass a training workdir or a step dir")
-    return json.loads(path.read_text())
-
-
 def check_model_matches(saved: dict, requested: LlamaConfig, workdir: str | Path) -> None:
     """Raise if the saved model config's shape differs from `requested`.
 
@@ -226,130 +208,8 @@ def check_model_matches(saved: dict, requested: LlamaConfig, workdir: str | Path
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config asks for {want[k]!r}"
              for k in SHAPE_FIELDS if saved.get(k) != want[k]]
     if diffs:
-        from llama_jax.config_base import ConfigError
-
         raise ConfigError(
             f"workdir {workdir} holds a checkpoint of a different model:\n  " + "\n  ".join(diffs)
             + "\nUse a fresh --workdir for this model, or the config that wrote the checkpoint.")
 
 
-class PreemptionHandler:
-    """SIGTERM/SIGINT -> a flag the loop checks at step boundaries.
-
-    The first signal sets `requested`; the loop saves a checkpoint and returns
-    (exit status 0). A second SIGINT raises KeyboardInterrupt at once.
-
-    With several processes, JAX's preemption service (started by
-    ``jax.distributed.initialize``) catches SIGTERM itself and agrees on a
-    common step with the other hosts (`reached` asks it), so no Python handler
-    is installed there; without that service the local flag is used.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._event = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    @staticmethod
-    def _jax_service() -> bool:
-        """Whether JAX's preemption service runs: several processes joined by
-        `jax.distributed.initialize` with ``jax_enable_preemption_service`` on
-        (public API only, so it holds across JAX versions)."""
-        return (jax.process_count() > 1 and jax.distributed.is_initialized()
-                and bool(getattr(jax.config, "jax_enable_preemption_service", True)))
-
-    def install(self) -> PreemptionHandler:
-        if self._jax_service():
-            return self
-        if threading.current_thread() is not threading.main_thread():
-            logging.warning("not in the main thread: SIGTERM/SIGINT handlers not installed")
-            return self
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        if self._event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        self._event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
-
-    def reached(self, step: int) -> bool:
-        """Whether to save-and-stop after `step` (all processes agree)."""
-        if self._jax_service():
-            from jax.experimental import multihost_utils
-
-            try:
-                reached = multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # No sync manager after all: the local flag decides.
-                return self.requested
-            if reached:
-                self.signal_name = self.signal_name or "SIGTERM"
-            return reached
-        return self.requested
-
-    def uninstall(self) -> None:
-        for sig, prev in self._previous.items():
-            signal.signal(sig, prev)
-        self._previous.clear()
-
-    def __enter__(self) -> PreemptionHandler:
-        return self.install()
-
-    def __exit__(self, *exc) -> None:
-        self.uninstall()
-
-
-def _find_step_dir(path: Path) -> Path:
-    if (path / META / "metadata").exists():
-        return path
-    ckpt = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"no checkpoint at {path}: pass a training workdir, its "
-                                "checkpoints/ directory or a step directory")
-    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()
-                   and (p / META / "metadata").exists())
-    if not steps:
-        raise FileNotFoundError(f"no finalized checkpoint under {ckpt}")
-    return ckpt / str(steps[-1])
-
-
-def load_params(path: str | Path, *, shardings: Any = None) -> tuple[LlamaConfig, Any]:
-    """(LlamaConfig, params) from a training workdir, its checkpoints dir or a step dir.
-
-    Only the parameters are read (not the optimizer state). A workdir gives
-    its newest finalized step.
-
-    Args:
-      path: ``WORKDIR``, ``WORKDIR/checkpoints`` or ``WORKDIR/checkpoints/<step>``.
-      shardings: optional pytree of `jax.sharding.Sharding` like the params to
-        place them sharded; by default each array lands on the first device.
-    """
-    step_dir = _find_step_dir(Path(path))
-    meta = read_meta(step_dir)
-    config = LlamaConfig.from_dict(meta["model_config"])
-    state_dir = (step_dir / STATE).absolute()
-    from etils import epath
-
-    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
-    checkpointer = ocp.PyTreeCheckpointer()
-    saved = tree["train_state"]["params"]
-    if shardings is None:
-        device = jax.devices()[0]
-        shardings = jax.tree_util.tree_map(
-            lambda m: jax.sharding.SingleDeviceSharding(device), saved)
-    restore_args = jax.tree_util.tree_map(
-        lambda m, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=tuple(m.shape), dtype=m.dtype),
-        saved, shardings)
-    out = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item={"train_state": {"params": saved}},
-        restore_args={"train_state": {"params": restore_args}},
-        partial_restore=True))
-    return config, out["train_state"]["params"]

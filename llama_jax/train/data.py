@@ -20,9 +20,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from llama_jax.config_base import DEFAULT_TOKENIZER, ConfigError
+from llama_jax.data import mixture
+from llama_jax.data.corpus import ensure_corpus
+from llama_jax.data.sources import SourceSpec
+from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig
-from llama_jax.step import BATCH_KEYS
+from llama_jax.train.config import DEFAULT_TOKENIZER
+from llama_jax.train.step import BATCH_KEYS
 
 
 @dataclasses.dataclass
@@ -50,11 +55,7 @@ def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[
     The embedded corpus is built on first use (under ``data.root``, default
     its cache folder) with a tokenizer of `vocab_size` pieces.
     """
-    from llama_jax.data.sources import SourceSpec
-
     if data_cfg.corpus == "embedded":
-        from llama_jax.data.corpus import ensure_corpus
-
         info = ensure_corpus(root=data_cfg.root or None, vocab_size=vocab_size)
         specs = [s if isinstance(s, SourceSpec) else SourceSpec.from_dict(s) for s in info.sources]
         tokenizer = data_cfg.tokenizer or str(info.tokenizer_path)
@@ -84,9 +85,6 @@ def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[
 
 def setup_data(config: ml_collections.ConfigDict, model_config: LlamaConfig) -> DataSetup:
     """Build sources, tokenizer and held-out eval batches; check them against the model."""
-    from llama_jax.data import mixture
-    from llama_jax.data.tokenizer import Tokenizer
-
     d, t = config.data, config.train
     specs, tok_path = source_specs(d, model_config.vocab_size)
     if not os.path.isfile(tok_path):

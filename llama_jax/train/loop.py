@@ -35,23 +35,26 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from llama_jax import checkpoint as ckpt_lib
-from llama_jax import config_base, distributed, metrics, optim
+from llama_jax import distributed
 from llama_jax import sharding as shd
+from llama_jax.convert.workdir import checkpoint_dir
+from llama_jax.data.stats import SourceStats
+from llama_jax.distributed import PreemptionHandler
+from llama_jax.errors import ConfigError, NonFiniteLossError
 from llama_jax.model.config import LlamaConfig
-from llama_jax.step import (
+from llama_jax.train import checkpoint as ckpt_lib
+from llama_jax.train import config as config_base
+from llama_jax.train import metrics, optim
+from llama_jax.train.data import DataSetup, setup_data
+from llama_jax.train.step import (
     abstract_train_state,
     global_batch,
     init_train_state,
     make_eval_step,
     make_train_step,
 )
-from llama_jax.train_data import DataSetup, setup_data
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/Inf; the message names the last good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -89,7 +92,7 @@ def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workd
     diffs = [f"{k}: checkpoint has {get(saved_config, k)!r}, config asks for {get(now, k)!r}"
              for k in RESUME_KEYS if get(saved_config, k) != get(now, k)]
     if diffs:
-        raise config_base.ConfigError(
+        raise ConfigError(
             f"workdir {workdir} cannot resume with these settings:\n  " + "\n  ".join(diffs)
             + "\nThe data position and optimizer state depend on them: use the values the run "
             "started with, or a fresh --workdir.")
@@ -108,7 +111,7 @@ def check_same_tokenizer(saved_digest: str | None, digest: str, path: str, workd
     """Raise ConfigError when the tokenizer file differs from the one the
     checkpoint was trained with (same path, new content, or another file)."""
     if saved_digest is not None and saved_digest != digest:
-        raise config_base.ConfigError(
+        raise ConfigError(
             f"workdir {workdir} was trained with another tokenizer than {path} (SHA-256 "
             f"{saved_digest[:12]}... vs {digest[:12]}...): resuming would continue on a "
             f"different token stream. Use the run's own tokenizer (a copy is kept at "
@@ -121,7 +124,7 @@ def mesh_and_rules(config: ml_collections.ConfigDict):
     try:
         rules = shd.make_rules(m.rules)
     except ValueError as e:
-        raise config_base.ConfigError(f"mesh.rules={m.rules!r}: {e}") from e
+        raise ConfigError(f"mesh.rules={m.rules!r}: {e}") from e
     mesh_cfg = {axis: m[axis] for axis in shd.MESH_AXES}
     dcn = {axis: m.dcn[axis] for axis in shd.MESH_AXES if m.dcn[axis] is not None}
     if dcn:  # Otherwise automatic: hosts on `data` (or `fsdp`).
@@ -129,13 +132,11 @@ def mesh_and_rules(config: ml_collections.ConfigDict):
     try:
         return shd.mesh_from_config(mesh_cfg), rules
     except ValueError as e:
-        raise config_base.ConfigError(f"mesh: {e}") from e
+        raise ConfigError(f"mesh: {e}") from e
 
 
 def _process_allgather(x: np.ndarray) -> np.ndarray:
     """[process_count, *x.shape]: every process's host value `x` (a collective)."""
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x))
 
 
@@ -144,12 +145,12 @@ def _check_batch_divides(config, mesh) -> None:
     n_batch = mesh.shape[shd.DATA] * mesh.shape[shd.FSDP]
     micro = t.batch_size // t.grad_accum_steps
     if micro % n_batch:
-        raise config_base.ConfigError(
+        raise ConfigError(
             f"train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} "
             f"= {micro} sequences per microbatch is not divisible by the mesh's batch axes "
             f"(data x fsdp = {n_batch}); change train.batch_size or the mesh")
     if t.seq_len % mesh.shape[shd.SEQUENCE]:
-        raise config_base.ConfigError(f"train.seq_len={t.seq_len} is not divisible by "
+        raise ConfigError(f"train.seq_len={t.seq_len} is not divisible by "
                          f"mesh.sequence={mesh.shape[shd.SEQUENCE]}")
 
 
@@ -282,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     t = config.train
     workdir = str(workdir)
     if "://" in workdir:
-        raise config_base.ConfigError(
+        raise ConfigError(
             f"--workdir={workdir}: give a filesystem path; for object storage mount the bucket "
             "(e.g. gcsfuse) and pass the mount point")
     # First, before anything touches a JAX backend (the checkpointer does):
@@ -294,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                      info.process_count, info.local_device_count, info.device_count)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     ck = config.checkpoint
-    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), every=ck.every,
+    checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), every=ck.every,
                                          keep=ck.keep, async_save=ck.async_save)
     latest = checkpointer.latest_step()
     meta = checkpointer.read_meta(latest) if latest is not None else None
@@ -315,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                      max_consecutive_skips=t.max_consecutive_skips + 1)
     rng = jax.random.key(t.seed)
     train_iter = data.make_train_iterator()
-    stats = metrics.SourceStats(data.source_names)
+    stats = SourceStats(data.source_names)
     # Per-source counts live on each process (its rows); they are summed over
     # processes (a collective, at the same steps everywhere) before use.
     gather = _process_allgather if jax.process_count() > 1 else None
@@ -324,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         abstract, shardings = abstract_train_state(mcfg, tx, mesh, rules)
         state, rng, meta = checkpointer.restore(latest, abstract, abstract_rng=rng,
                                                 data_iterator=train_iter)
-        stats = metrics.SourceStats(data.source_names, meta.get("source_stats"))
+        stats = SourceStats(data.source_names, meta.get("source_stats"))
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
     else:
         init_rng, rng = jax.random.split(rng)
@@ -386,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         last_loss = host["loss"]
         log.step_done(step, host, data_stats, hold)
 
-    preempt = ckpt_lib.PreemptionHandler()
+    preempt = PreemptionHandler()
     try:
         with preempt:
             for i in range(start, t.steps):

@@ -37,7 +37,12 @@ import typing
 import ml_collections
 from ml_collections import config_dict
 
+from llama_jax.data.mixture import paper_mixture
+from llama_jax.distributed import ENABLED
+from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig, get_preset
+from llama_jax.sharding import MESH_AXES, make_rules
+from llama_jax.train import optim
 
 ON_NONFINITE = ("stop", "skip")
 PROGRESS = ("auto", "bar", "log")
@@ -50,10 +55,6 @@ PAPER_BATCH_SEQUENCES = 2048
 PAPER_BATCH_TOKENS = PAPER_SEQ_LEN * PAPER_BATCH_SEQUENCES
 
 
-class ConfigError(ValueError):
-    """A user-fixable problem with the run's config or workdir (message says the fix)."""
-
-
 def _field_type(field: dataclasses.Field) -> type:
     hint = typing.get_type_hints(LlamaConfig)[field.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -62,8 +63,6 @@ def _field_type(field: dataclasses.Field) -> type:
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key with its default (the `tiny` model on the embedded corpus)."""
-    from llama_jax.sharding import MESH_AXES
-
     c = ml_collections.ConfigDict()
 
     c.model = ml_collections.ConfigDict()
@@ -169,8 +168,6 @@ def paper_config(preset: str, *, lr: float, train_tokens: float) -> ml_collectio
 def _paper_sources() -> tuple:
     """Table 1's mixture (`mixture.paper_mixture`) as config dicts: JSONL folders
     named after each source under ``data.root`` (``ROOT/github/*.jsonl``)."""
-    from llama_jax.data.mixture import paper_mixture
-
     return tuple({"name": s.name, "kind": s.kind, "path": s.path, "weight": float(s.weight)}
                  for s in paper_mixture())
 
@@ -211,13 +208,9 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
     if config.data.corpus == "sources" and not config.data.sources:
         raise ConfigError("data.corpus='sources' but data.sources is empty; list the sources "
                          "(name/kind/path/weight) in the config file or use data.corpus='embedded'")
-    from llama_jax.distributed import ENABLED
-
     if config.distributed.enabled not in ENABLED:
         raise ConfigError(f"distributed.enabled={config.distributed.enabled!r} is not one "
                           f"of {ENABLED}")
-    from llama_jax import optim
-
     if config.optimizer.decay_mask not in optim.DECAY_MASKS:
         raise ConfigError(f"optimizer.decay_mask={config.optimizer.decay_mask!r} is not one "
                           f"of {optim.DECAY_MASKS}")
@@ -225,8 +218,6 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
         optim.optimizer_from_config(config.optimizer, t.steps)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    from llama_jax.sharding import MESH_AXES, make_rules
-
     try:
         make_rules(config.mesh.rules)
     except ValueError as e:

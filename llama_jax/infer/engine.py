@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from llama_jax import sharding
-from llama_jax.eval import placement
+from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig, init_cache
 
 
@@ -104,15 +104,19 @@ class Generator:
         self.prompt_buckets = tuple(sorted(prompt_buckets or (16, 32, 64, 128, 256, 512,
                                                               1024, 2048, 4096, 8192)))
         self.chunk_size = int(chunk_size)
-        self.trace_count = {"prefill": 0, "decode": 0}
         self._model = Llama(config, decode=True)
-        self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len",))
-        self._decode = jax.jit(self._decode_fn, static_argnames=("sampling",),
-                               donate_argnums=(1,))
+        self._prefill = sharding.JittedStep(self._prefill_fn, self.mesh, rules,
+                                            static_argnames=("cache_len",))
+        self._decode = sharding.JittedStep(self._decode_fn, self.mesh, rules,
+                                           static_argnames=("sampling",), donate_argnums=(1,))
+
+    @property
+    def trace_count(self) -> dict[str, int]:
+        """Traces of the prefill and decode functions (a recompile adds one)."""
+        return {"prefill": self._prefill.trace_count, "decode": self._decode.trace_count}
 
     # ----- traced functions -------------------------------------------------
     def _prefill_fn(self, params, tokens, positions, segment_ids, *, cache_len):
-        self.trace_count["prefill"] += 1
         cache = init_cache(self.config, tokens.shape[0], cache_len)
         logits, mutated = self._model.apply(
             {"params": params, "cache": cache}, tokens, positions=positions,
@@ -121,7 +125,6 @@ class Generator:
 
     def _decode_fn(self, params, state, keys, stop_at, eos_id, *, sampling):
         """Sample until step == stop_at or every row is done."""
-        self.trace_count["decode"] += 1
 
         def cond(s):
             return (s["step"] < stop_at) & ~jnp.all(s["done"])
@@ -216,6 +219,8 @@ class Generator:
             segs[r, length - n:] = 1
         keys = row_keys(seed, prompts[:n_real], [s for _, s in row_ids], b)
         bs2 = sharding.data_sharding(self.mesh, self.rules, shard_length=False)
+        # Host-made arrays (positions, flags) join the loop's state under the
+        # mesh too, so every decode call sees the same shardings (one trace).
         with sharding.activate(self.mesh, self.rules):
             logits, cache = self._prefill(self.params,
                                           *jax.device_put((tokens, positions, segs), bs2),

@@ -1,0 +1,77 @@
+r"""The main job: train (or resume) a LLaMA from a config file.
+
+    python -m llama_jax.train --config=configs/tiny.py --workdir=/tmp/llama_tiny \
+        [--config.train.steps=50 --config.mesh.data=2 ...]
+
+A thin absl entry point: parse flags, load the locked config
+(`config_flags.DEFINE_config_file`), call `train_and_evaluate(config,
+workdir)` (`llama_jax.train.loop`). Running it again with the same --workdir
+resumes from the newest complete checkpoint. Exit status: 0 when training
+finished or was preempted (SIGTERM/SIGINT: a checkpoint is written first),
+1 for a user error (the message says what to fix) or a diverged loss, 2 for
+bad flags (an unknown --config.* key names its closest matches).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from llama_jax.data.sources import DataError
+from llama_jax.errors import ConfigError, NonFiniteLossError
+from llama_jax.train.config_file import check_overrides
+from llama_jax.train.loop import TrainResult, train_and_evaluate
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Run config file, e.g. configs/tiny.py (a get_config() returning a ConfigDict).")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard "
+                    "logs; an existing one is resumed.")
+
+class _QuietLibraries:
+    """Drop INFO records from orbax (dozens per save) unless --verbosity >= 1."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl main: run `train_and_evaluate` and map user errors to exit status 1."""
+    if logging.get_verbosity() < 1:
+        logging.get_absl_handler().addFilter(_QuietLibraries())
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
+    if FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required (a new directory, or an old one to resume)")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
+    logging.info("config:\n%s", config)
+    try:
+        result: TrainResult = train_and_evaluate(config, FLAGS.workdir)
+    except (ConfigError, FileNotFoundError, NonFiniteLossError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{result.status}: step {result.step} (from {result.start_step}), "
+          f"last loss {result.last_loss}, {result.wall_seconds:.1f}s", file=sys.stderr)
+
+
+def run() -> None:
+    """Console-script entry point (``llama-jax-train``)."""
+    try:
+        check_overrides(sys.argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
