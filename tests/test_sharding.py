@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -226,3 +227,28 @@ def test_constraint_applies_only_under_activate():
         y = jax.jit(lambda v: shd.with_logical_constraint(v * 2, names))(x)
     assert y.sharding.spec == P(("data", "fsdp"), "sequence")
     np.testing.assert_array_equal(y, x * 2)
+
+
+# ---------------------------------------------------------------- the jit-under-mesh wrapper
+
+
+def test_jitted_step_runs_under_the_mesh_and_counts_traces_like_chex():
+    """`JittedStep` resolves logical constraints on its mesh and counts retraces
+    exactly as `chex.assert_max_traces` does."""
+    mesh = shd.make_mesh((2, 4, 1, 1))
+
+    @chex.assert_max_traces(n=2)
+    def f(x):
+        y = shd.with_logical_constraint(x * 2.0, ("activation_batch", "activation_embed"))
+        return y.sum(axis=1)
+
+    step = shd.JittedStep(f, mesh, shd.DEFAULT_RULES)
+    x = jnp.ones((8, 16), jnp.float32)
+    np.testing.assert_array_equal(step(x), np.full((8,), 32.0, np.float32))
+    step(x + 1.0)  # same shapes: no retrace
+    assert step.trace_count == 1
+    step(jnp.ones((16, 16), jnp.float32))  # a new shape: one more trace
+    assert step.trace_count == 2
+    with pytest.raises(AssertionError, match="traced"):
+        step(jnp.ones((24, 16), jnp.float32))  # a third shape: chex's limit of 2
+    assert step.lower(x).compile() is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,7 +115,8 @@ def run(shape: tuple[int, ...], grad_accum_steps: int = 1) -> dict:
 
 
 def assert_rel_close(got, want, rtol=RTOL, what=""):
-    """Per leaf: max |got - want| <= rtol * max |want|."""
+    """Same tree, shapes and dtypes; per leaf: max |got - want| <= rtol * max |want|."""
+    chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
     paths = jax.tree_util.tree_flatten_with_path(want)[0]
     for (path, w), g in zip(paths, jax.tree.leaves(got), strict=True):
         err = np.max(np.abs(np.asarray(g, np.float64) - w)) / max(np.max(np.abs(w)), 1e-30)
