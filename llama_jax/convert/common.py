@@ -1,10 +1,10 @@
 """Shared pieces of weight conversion.
 
 The one rename table between Meta's state dict and our Flax parameter tree,
-shape tables derived from a `LlamaConfig`, key/shape validation with messages
-that name the file and tensor, layer stacking (scanned <-> unscanned layouts),
-dtype helpers (numpy has no bfloat16; `ml_dtypes` provides it) and an atomic
-directory writer.
+Meta's shape table (our own tree's shapes are read off the model's abstract
+init, never written out), key/shape validation with messages that name the
+file and tensor, layer stacking (scanned <-> unscanned layouts), dtype helpers
+(numpy has no bfloat16; `ml_dtypes` provides it) and an atomic directory writer.
 
 Meta's layout is the hub: the Hugging Face reader/writer translate names and
 undo/apply the rotary permutation around it, so the mapping to our tree lives
@@ -15,6 +15,7 @@ we store ``[in..., out...]`` kernels (see `llama_jax.model.layers.Linear`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -24,12 +25,14 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_dtypes
 import numpy as np
 
 from llama_jax.errors import ConversionError
 from llama_jax.model.config import DTYPES, LlamaConfig
+from llama_jax.model.llama import abstract_params
 
 # Per-layer tensors: Meta name suffix -> path inside a block of our tree.
 LAYER_TABLE: dict[str, tuple[str, ...]] = {
@@ -118,32 +121,29 @@ def meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def layer_param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Our per-block parameter path -> shape (without the leading layers axis)."""
-    d, f = config.dim, config.ffn_dim
-    h, kvh, hd = config.n_heads, config.num_kv_heads, config.head_dim
-    return {
-        ("attention", "wq", "kernel"): (d, h, hd),
-        ("attention", "wk", "kernel"): (d, kvh, hd),
-        ("attention", "wv", "kernel"): (d, kvh, hd),
-        ("attention", "wo", "kernel"): (h, hd, d),
-        ("feed_forward", "w1", "kernel"): (d, f),
-        ("feed_forward", "w2", "kernel"): (f, d),
-        ("feed_forward", "w3", "kernel"): (d, f),
-        ("attention_norm", "scale"): (d,),
-        ("ffn_norm", "scale"): (d,),
-    }
-
-
 def param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Our scanned-layout parameter path -> shape for `config`."""
-    shapes = {
-        ("tok_embeddings", "embedding"): (config.vocab_size, config.dim),
-        ("norm", "scale"): (config.dim,),
-        ("output", "kernel"): (config.dim, config.vocab_size),
-    }
-    for path, shape in layer_param_shapes(config).items():
-        shapes[("layers", *path)] = (config.n_layers, *shape)
+    """Our scanned-layout parameter path -> shape for `config`.
+
+    Read off the model itself (`jax.eval_shape` of its init, no allocation),
+    so the converter never restates the tree: a layer added to the model is a
+    tensor the converter expects. An unscanned config's ``layers_N`` blocks
+    are stacked into one ``layers`` subtree with a leading layers axis.
+    """
+    return dict(_param_shapes(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    if not getattr(config, "scan_layers", True):
+        config = config.replace(scan_layers=True)  # One traced block, not n_layers.
+    tree = flatten(nn.meta.unbox(abstract_params(config)))
+    shapes: dict[tuple[str, ...], tuple[int, ...]] = {}
+    for path, leaf in tree.items():
+        m = _UNSCANNED.match(path[0])
+        if m is None:
+            shapes[path] = tuple(leaf.shape)
+        elif m.group(1) == "0":
+            shapes[("layers", *path[1:])] = (config.n_layers, *leaf.shape)
     return shapes
 
 
