@@ -30,6 +30,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from llama_jax.convert.progress import progress_bar
 from llama_jax.errors import ConversionError
 from llama_jax.model.config import DTYPES, LlamaConfig
 from llama_jax.model.llama import abstract_params
@@ -283,10 +284,18 @@ def canonical_params(
 
 # ----------------------------------------------------------------------------- Meta <-> ours
 
+def count_meta_tensors(config: LlamaConfig) -> int:
+    """How many tensors a checkpoint of `config` holds (for progress bars)."""
+    return len(GLOBAL_TABLE) + config.n_layers * len(LAYER_TABLE)
+
+
 def meta_to_params(
     config: LlamaConfig,
     take: Callable[[str], np.ndarray],
     dtype: np.dtype | None = None,
+    *,
+    progress: bool = True,
+    desc: str = "reading",
 ) -> dict[str, Any]:
     """Build our scanned param tree (numpy) from Meta-named, Meta-shaped tensors.
 
@@ -294,6 +303,7 @@ def meta_to_params(
       config: the model shape; tensors must already have been shape-checked.
       take: Meta name -> array; called once per name (it may drop its copy).
       dtype: cast every tensor to this dtype (None keeps the stored dtype).
+      progress: show a per-tensor bar labelled `desc` (on a TTY only).
     """
     def convert(name: str, suffix: str, array: np.ndarray, shape: tuple[int, ...]):
         array = np.asarray(array)
@@ -303,19 +313,21 @@ def meta_to_params(
         return array.astype(dtype or array.dtype, copy=False)
 
     shapes = param_shapes(config)
-    flat = {}
-    for name, path in GLOBAL_TABLE.items():
-        # Always a copy: never hand out views of memory-mapped checkpoint files.
-        flat[path] = np.array(convert(name, name, take(name), shapes[path]), order="C")
-    for suffix, path in LAYER_TABLE.items():
-        full = shapes[("layers", *path)]  # [layers, ...]
-        stacked = None
-        for i in range(config.n_layers):
-            layer = convert(f"layers.{i}.{suffix}", suffix, take(f"layers.{i}.{suffix}"), full[1:])
-            if stacked is None:
-                stacked = np.empty(full, layer.dtype)
-            stacked[i] = layer
-        flat[("layers", *path)] = stacked
+    names = [(name, name, path) for name, path in GLOBAL_TABLE.items()]
+    names += [(f"layers.{i}.{suffix}", suffix, ("layers", *path))
+              for suffix, path in LAYER_TABLE.items() for i in range(config.n_layers)]
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    for name, suffix, path in progress_bar(names, total=len(names), desc=desc,
+                                           enabled=progress):
+        if path[0] != "layers":
+            # Always a copy: never hand out views of memory-mapped checkpoint files.
+            flat[path] = np.array(convert(name, suffix, take(name), shapes[path]), order="C")
+            continue
+        full = shapes[path]  # [layers, ...]
+        layer = convert(name, suffix, take(name), full[1:])
+        if path not in flat:
+            flat[path] = np.empty(full, layer.dtype)
+        flat[path][split_layer_key(name)[0]] = layer
     return unflatten(flat)
 
 
