@@ -44,7 +44,9 @@ from llama_jax.convert import (  # noqa: E402
     stack_layers,
     unstack_layers,
 )
-from llama_jax.convert.hf import read_safetensors  # noqa: E402
+from llama_jax.convert.common import flatten, meta_shapes, param_shapes, unflatten  # noqa: E402
+from llama_jax.convert.hf import hf_name, read_safetensors  # noqa: E402
+from llama_jax.model import LlamaConfig, abstract_params  # noqa: E402
 
 # Module-scoped fixtures shared with the other conversion test module.
 hf_ckpt, loaded, meta_dirs = convert_helpers.hf_ckpt, convert_helpers.loaded, convert_helpers.meta_dirs
@@ -52,17 +54,21 @@ hf_ckpt, loaded, meta_dirs = convert_helpers.hf_ckpt, convert_helpers.loaded, co
 
 # ----------------------------------------------------------------------------- HF
 
-@pytest.mark.parametrize("scan", [True, False])
-def test_rename_table_matches_model(scan):
-    """The converter's parameter table is exactly the model's tree (names and shapes)."""
-    from llama_jax.convert.common import flatten, param_shapes, to_layout, unflatten
-    from llama_jax.model import LlamaConfig, abstract_params
-
+def test_shape_tables_match_the_model_and_transformers():
+    """Our tree's shapes come from the model; Meta's written-out table is HF's state dict."""
     config = LlamaConfig(dim=64, n_layers=3, n_heads=8, n_kv_heads=2, vocab_size=96,
-                         hidden_dim=80, scan_layers=scan)
-    model = flatten(jax.tree_util.tree_map(lambda x: x.shape, nn.meta.unbox(abstract_params(config))))
-    table = unflatten({p: np.zeros(s, np.int8) for p, s in param_shapes(config).items()})
-    assert model == {p: x.shape for p, x in flatten(to_layout(table, scan)).items()}
+                         hidden_dim=80)
+    # The unscanned model (a different module tree: layers_0, layers_1, ...) stacks to it.
+    unscanned = config.replace(scan_layers=False)
+    model = flatten(jax.tree_util.tree_map(
+        lambda x: np.zeros(x.shape, np.int8), nn.meta.unbox(abstract_params(unscanned))))
+    assert {p: x.shape for p, x in flatten(stack_layers(unflatten(model))).items()} \
+        == param_shapes(config) == param_shapes(unscanned)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
+        intermediate_size=80, vocab_size=96))
+    assert {hf_name(n): s for n, s in meta_shapes(config).items()} == {
+        n: tuple(t.shape) for n, t in hf.state_dict().items()}
 
 
 def test_hf_logits_parity(hf_ckpt, loaded):

@@ -23,6 +23,7 @@ from convert_helpers import (  # noqa: E402
     load_pth,
 )
 
+import llama_jax.convert as convert  # noqa: E402
 from llama_jax.convert import ConversionError, from_pretrained, save_pretrained  # noqa: E402
 from llama_jax.convert.hf import read_safetensors  # noqa: E402
 
@@ -142,7 +143,7 @@ def test_save_errors_and_atomicity(loaded, tmp_path, monkeypatch):
         save_pretrained(config, params, dst, format="hf")
     assert os.listdir(dst) == ["keep.txt"]
     save_pretrained(config, params, dst, format="hf", overwrite=True)
-    assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(dst)) == ["config.json", "generation_config.json", "model.safetensors"]
     bad = jax.tree_util.tree_map(lambda x: x, params)
     bad["output"]["kernel"] = bad["output"]["kernel"][:, :100]
     with pytest.raises(ConversionError, match=r"'output/kernel' .* shape \(64, 100\) but the "
@@ -156,9 +157,7 @@ def test_save_errors_and_atomicity(loaded, tmp_path, monkeypatch):
     assert not (tmp_path / "bad").exists()
 
     # A crash half way through writing leaves neither dst nor temp files.
-    import llama_jax.convert as convert
-
-    def crash(config, flat, out_dir, shards=1):
+    def crash(config, flat, out_dir, shards=1, progress=True):
         (out_dir / "config.json").write_text("{}")
         raise OSError("disk full")
 
@@ -168,7 +167,7 @@ def test_save_errors_and_atomicity(loaded, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(config, params, dst, format="hf", overwrite=True)
     assert not (tmp_path / "crash").exists()
-    assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(dst)) == ["config.json", "generation_config.json", "model.safetensors"]
     assert sorted(os.listdir(tmp_path)) == ["dst"]
 
 

@@ -11,9 +11,12 @@ A training workdir (with ``checkpoints/``) or an orbax CheckpointManager step
 directory is read by `llama_jax.convert.workdir.load_params`.
 
     config, params = from_pretrained("/ckpt/llama-7b")            # any layout
-    save_pretrained(config, params, "/out/llama-7b-hf", format="hf")
+    save_pretrained(config, params, "/out/llama-7b-hf", format="hf",
+                    tokenizer="/ckpt/tokenizer.model")  # + tokenizer / generation files
 
 CLI: ``python -m llama_jax.convert --src=PATH --dst=PATH --dst_format=hf``.
+Meta and HF tensors are read and written with a per-tensor progress bar
+(tqdm, on a TTY only; ``progress=False`` silences it).
 """
 
 from __future__ import annotations
@@ -36,9 +39,16 @@ from llama_jax.convert.common import (
     unstack_layers,
 )
 from llama_jax.convert.hf import load_hf, save_hf
+from llama_jax.convert.hf_tokenizer import (
+    find_tokenizer,
+    load_tokenizer,
+    save_hf_tokenizer,
+    save_tokenizer_model,
+)
 from llama_jax.convert.meta import check_shardable, load_meta, save_meta
 from llama_jax.convert.orbax_format import is_orbax_model, load_orbax, save_orbax
 from llama_jax.convert.workdir import is_training_checkpoint, load_params
+from llama_jax.data.tokenizer import Tokenizer
 from llama_jax.model.config import LlamaConfig
 
 __all__ = [
@@ -46,6 +56,7 @@ __all__ = [
     "ConversionError",
     "convert_checkpoint",
     "detect_format",
+    "find_tokenizer",
     "from_pretrained",
     "save_pretrained",
     "stack_layers",
@@ -87,6 +98,7 @@ def from_pretrained(
     config_overrides: Mapping[str, Any] | None = None,
     *,
     format: str | None = None,
+    progress: bool = True,
 ) -> tuple[LlamaConfig, dict]:
     """Load a checkpoint of any supported layout as (config, params).
 
@@ -100,6 +112,7 @@ def from_pretrained(
         ``{"max_seq_len": 4096, "scan_layers": False, "dtype": "bfloat16"}``);
         shape fields must still match the tensors.
       format: force one of 'meta', 'hf', 'orbax', 'training' instead of detecting.
+      progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
 
     Returns:
       The config and the parameter tree (host numpy arrays from Meta/HF/orbax
@@ -108,12 +121,14 @@ def from_pretrained(
     path = Path(path)
     np_dtype = resolve_dtype(dtype)
     fmt = format or detect_format(path)
-    loaders = {"meta": load_meta, "hf": load_hf, "orbax": load_orbax}
+    loaders = {"meta": lambda: load_meta(path, np_dtype, progress=progress),
+               "hf": lambda: load_hf(path, np_dtype, progress=progress),
+               "orbax": lambda: load_orbax(path, np_dtype)}
     if fmt == "training":
         config, params = load_params(path)
         params = stack_layers(params)
     elif fmt in loaders:
-        config, params = loaders[fmt](path, np_dtype)
+        config, params = loaders[fmt]()
     else:
         raise ConversionError(f"format={fmt!r} is not one of {[*loaders, 'training']}")
 
@@ -147,6 +162,9 @@ def save_pretrained(
     format: str = "orbax",
     shards: int = 1,
     overwrite: bool = False,
+    *,
+    tokenizer: Tokenizer | str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> Path:
     """Write `params` (either layout) as a checkpoint directory at `path`.
 
@@ -160,22 +178,34 @@ def save_pretrained(
       shards: Meta: model-parallel shards, split exactly as Meta does; HF:
         number of safetensors files (with an index when > 1); orbax: must be 1.
       overwrite: replace a non-empty existing `path`.
+      tokenizer: the model's SentencePiece tokenizer (a `Tokenizer`, a
+        ``tokenizer.model`` path or a folder holding one), written as
+        ``tokenizer.model``; with format 'hf' also ``tokenizer.json``,
+        ``tokenizer_config.json`` and ``special_tokens_map.json``, so
+        ``transformers.AutoTokenizer`` loads the folder and tokenizes as ours.
+        'hf' always writes ``generation_config.json``.
+      progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
 
     Returns:
       `path` as a Path.
     """
     if format not in FORMATS:
         raise ConversionError(f"format={format!r} is not one of {FORMATS}")
+    tok = None if tokenizer is None else load_tokenizer(tokenizer)
     flat = canonical_params(config, params)
     if format == "meta":
         check_shardable(config, shards)
     elif format == "orbax" and shards != 1:
         raise ConversionError(f"shards={shards}: the orbax format is never split; use shards=1")
     writers = {"orbax": lambda d: save_orbax(config, flat, d),
-               "hf": lambda d: save_hf(config, flat, d, shards),
-               "meta": lambda d: save_meta(config, flat, d, shards)}
+               "hf": lambda d: save_hf(config, flat, d, shards, progress=progress),
+               "meta": lambda d: save_meta(config, flat, d, shards, progress=progress)}
     with atomic_directory(path, overwrite) as tmp:
         writers[format](tmp)
+        if format == "hf":
+            save_hf_tokenizer(tmp, config, tok)
+        elif tok is not None:
+            save_tokenizer_model(tmp, tok)
     return Path(path)
 
 
@@ -186,12 +216,23 @@ def convert_checkpoint(
     dtype: Any = None,
     shards: int = 1,
     overwrite: bool = False,
+    *,
+    tokenizer: Tokenizer | str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> LlamaConfig:
-    """Load `src` (any layout) and write it to `dst` as `dst_format`; the config."""
+    """Load `src` (any layout) and write it to `dst` as `dst_format`; the config.
+
+    The tokenizer travels with the weights: `tokenizer` if given, else the
+    ``tokenizer.model`` that `find_tokenizer` finds for `src` (in it, beside
+    a Meta release, or in a training workdir), else none.
+    """
     if dst_format not in FORMATS:
         raise ConversionError(f"dst_format={dst_format!r} is not one of {FORMATS}")
     if Path(src).resolve() == Path(dst).resolve():
         raise ConversionError(f"src and dst are the same directory ({src})")
-    config, params = from_pretrained(src, dtype=dtype)
-    save_pretrained(config, params, dst, format=dst_format, shards=shards, overwrite=overwrite)
+    found = tokenizer if tokenizer is not None else find_tokenizer(src)
+    tok = None if found is None else load_tokenizer(found)
+    config, params = from_pretrained(src, dtype=dtype, progress=progress)
+    save_pretrained(config, params, dst, format=dst_format, shards=shards, overwrite=overwrite,
+                    tokenizer=tok, progress=progress)
     return config

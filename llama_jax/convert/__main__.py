@@ -1,11 +1,15 @@
 """Convert a LLaMA checkpoint between Meta, Hugging Face and llama_jax orbax layouts.
 
     python -m llama_jax.convert --src=/ckpt/llama-13b --dst=/out/llama-13b-hf \
-        --dst_format=hf [--dtype=bfloat16] [--shards=N] [--overwrite]
+        --dst_format=hf [--dtype=bfloat16] [--shards=N] [--overwrite] \
+        [--tokenizer=/ckpt/tokenizer.model] [--noprogress]
 
 The source layout is detected (see `llama_jax.convert.detect_format`).
 `--shards` splits a Meta checkpoint into N model-parallel files (as Meta ships
-13B/33B/65B) or a HF checkpoint into N safetensors files with an index.
+13B/33B/65B) or a HF checkpoint into N safetensors files with an index. The
+tokenizer (``--tokenizer``, else the one found with the source) is copied as
+``tokenizer.model``; ``--dst_format=hf`` also writes the files
+``transformers.AutoTokenizer`` reads, and ``generation_config.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ _DTYPE = flags.DEFINE_enum("dtype", None, list(DTYPES),
 _SHARDS = flags.DEFINE_integer("shards", 1, "Meta: model-parallel shards; HF: safetensors files.",
                                lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --dst.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "SentencePiece tokenizer.model to ship with the weights (default: the one "
+    "in --src, beside a Meta release, or in a training workdir, if any).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Per-tensor progress bars (on a TTY only).")
 
 flags.mark_flags_as_required(["src", "dst", "dst_format"])
 
@@ -34,7 +42,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
         config = convert_checkpoint(_SRC.value, _DST.value, _DST_FORMAT.value, dtype=_DTYPE.value,
-                                    shards=_SHARDS.value, overwrite=_OVERWRITE.value)
+                                    shards=_SHARDS.value, overwrite=_OVERWRITE.value,
+                                    tokenizer=_TOKENIZER.value, progress=_PROGRESS.value)
     except ConversionError as e:  # A user-fixable problem: the message, not a traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2

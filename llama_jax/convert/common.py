@@ -1,10 +1,10 @@
 """Shared pieces of weight conversion.
 
 The one rename table between Meta's state dict and our Flax parameter tree,
-shape tables derived from a `LlamaConfig`, key/shape validation with messages
-that name the file and tensor, layer stacking (scanned <-> unscanned layouts),
-dtype helpers (numpy has no bfloat16; `ml_dtypes` provides it) and an atomic
-directory writer.
+Meta's shape table (our own tree's shapes are read off the model's abstract
+init, never written out), key/shape validation with messages that name the
+file and tensor, layer stacking (scanned <-> unscanned layouts), dtype helpers
+(numpy has no bfloat16; `ml_dtypes` provides it) and an atomic directory writer.
 
 Meta's layout is the hub: the Hugging Face reader/writer translate names and
 undo/apply the rotary permutation around it, so the mapping to our tree lives
@@ -15,6 +15,7 @@ we store ``[in..., out...]`` kernels (see `llama_jax.model.layers.Linear`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -24,12 +25,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_dtypes
 import numpy as np
 
+from llama_jax.convert.progress import progress_bar
 from llama_jax.errors import ConversionError
 from llama_jax.model.config import DTYPES, LlamaConfig
+from llama_jax.model.llama import abstract_params
 
 # Per-layer tensors: Meta name suffix -> path inside a block of our tree.
 LAYER_TABLE: dict[str, tuple[str, ...]] = {
@@ -118,32 +122,29 @@ def meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def layer_param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Our per-block parameter path -> shape (without the leading layers axis)."""
-    d, f = config.dim, config.ffn_dim
-    h, kvh, hd = config.n_heads, config.num_kv_heads, config.head_dim
-    return {
-        ("attention", "wq", "kernel"): (d, h, hd),
-        ("attention", "wk", "kernel"): (d, kvh, hd),
-        ("attention", "wv", "kernel"): (d, kvh, hd),
-        ("attention", "wo", "kernel"): (h, hd, d),
-        ("feed_forward", "w1", "kernel"): (d, f),
-        ("feed_forward", "w2", "kernel"): (f, d),
-        ("feed_forward", "w3", "kernel"): (d, f),
-        ("attention_norm", "scale"): (d,),
-        ("ffn_norm", "scale"): (d,),
-    }
-
-
 def param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Our scanned-layout parameter path -> shape for `config`."""
-    shapes = {
-        ("tok_embeddings", "embedding"): (config.vocab_size, config.dim),
-        ("norm", "scale"): (config.dim,),
-        ("output", "kernel"): (config.dim, config.vocab_size),
-    }
-    for path, shape in layer_param_shapes(config).items():
-        shapes[("layers", *path)] = (config.n_layers, *shape)
+    """Our scanned-layout parameter path -> shape for `config`.
+
+    Read off the model itself (`jax.eval_shape` of its init, no allocation),
+    so the converter never restates the tree: a layer added to the model is a
+    tensor the converter expects. An unscanned config's ``layers_N`` blocks
+    are stacked into one ``layers`` subtree with a leading layers axis.
+    """
+    return dict(_param_shapes(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    if not getattr(config, "scan_layers", True):
+        config = config.replace(scan_layers=True)  # One traced block, not n_layers.
+    tree = flatten(nn.meta.unbox(abstract_params(config)))
+    shapes: dict[tuple[str, ...], tuple[int, ...]] = {}
+    for path, leaf in tree.items():
+        m = _UNSCANNED.match(path[0])
+        if m is None:
+            shapes[path] = tuple(leaf.shape)
+        elif m.group(1) == "0":
+            shapes[("layers", *path[1:])] = (config.n_layers, *leaf.shape)
     return shapes
 
 
@@ -283,10 +284,18 @@ def canonical_params(
 
 # ----------------------------------------------------------------------------- Meta <-> ours
 
+def count_meta_tensors(config: LlamaConfig) -> int:
+    """How many tensors a checkpoint of `config` holds (for progress bars)."""
+    return len(GLOBAL_TABLE) + config.n_layers * len(LAYER_TABLE)
+
+
 def meta_to_params(
     config: LlamaConfig,
     take: Callable[[str], np.ndarray],
     dtype: np.dtype | None = None,
+    *,
+    progress: bool = True,
+    desc: str = "reading",
 ) -> dict[str, Any]:
     """Build our scanned param tree (numpy) from Meta-named, Meta-shaped tensors.
 
@@ -294,6 +303,7 @@ def meta_to_params(
       config: the model shape; tensors must already have been shape-checked.
       take: Meta name -> array; called once per name (it may drop its copy).
       dtype: cast every tensor to this dtype (None keeps the stored dtype).
+      progress: show a per-tensor bar labelled `desc` (on a TTY only).
     """
     def convert(name: str, suffix: str, array: np.ndarray, shape: tuple[int, ...]):
         array = np.asarray(array)
@@ -303,19 +313,21 @@ def meta_to_params(
         return array.astype(dtype or array.dtype, copy=False)
 
     shapes = param_shapes(config)
-    flat = {}
-    for name, path in GLOBAL_TABLE.items():
-        # Always a copy: never hand out views of memory-mapped checkpoint files.
-        flat[path] = np.array(convert(name, name, take(name), shapes[path]), order="C")
-    for suffix, path in LAYER_TABLE.items():
-        full = shapes[("layers", *path)]  # [layers, ...]
-        stacked = None
-        for i in range(config.n_layers):
-            layer = convert(f"layers.{i}.{suffix}", suffix, take(f"layers.{i}.{suffix}"), full[1:])
-            if stacked is None:
-                stacked = np.empty(full, layer.dtype)
-            stacked[i] = layer
-        flat[("layers", *path)] = stacked
+    names = [(name, name, path) for name, path in GLOBAL_TABLE.items()]
+    names += [(f"layers.{i}.{suffix}", suffix, ("layers", *path))
+              for suffix, path in LAYER_TABLE.items() for i in range(config.n_layers)]
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    for name, suffix, path in progress_bar(names, total=len(names), desc=desc,
+                                           enabled=progress):
+        if path[0] != "layers":
+            # Always a copy: never hand out views of memory-mapped checkpoint files.
+            flat[path] = np.array(convert(name, suffix, take(name), shapes[path]), order="C")
+            continue
+        full = shapes[path]  # [layers, ...]
+        layer = convert(name, suffix, take(name), full[1:])
+        if path not in flat:
+            flat[path] = np.empty(full, layer.dtype)
+        flat[path][split_layer_key(name)[0]] = layer
     return unflatten(flat)
 
 

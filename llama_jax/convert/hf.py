@@ -8,31 +8,33 @@ Meta's interleaved pairs:
 
 (with n_kv_heads for wk). We undo it on load and re-apply it on save.
 
-Safetensors files are read by their documented layout (8-byte header length,
-JSON header, raw little-endian data) through `np.memmap`, because
-`safetensors.numpy` cannot represent bfloat16 (most released checkpoints);
-they are written with `safetensors.numpy.save_file`, which handles
-`ml_dtypes.bfloat16` arrays. No torch is needed either way.
+Safetensors files are read with `safetensors.safe_open(framework="numpy")`,
+one tensor at a time as the conversion asks for it (safetensors >= 0.6 hands
+bfloat16 out as `ml_dtypes.bfloat16`, the dtype of most released checkpoints),
+and written with `safetensors.numpy.save_file`. No torch is needed either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from llama_jax.convert.common import (
     ConversionError,
     check_tensors,
+    count_meta_tensors,
     meta_shapes,
     meta_to_params,
     params_to_meta,
     split_layer_key,
 )
+from llama_jax.convert.progress import progress_bar
 from llama_jax.model.config import LlamaConfig, ffn_hidden_dim
 
 CONFIG_FILE = "config.json"
@@ -58,12 +60,6 @@ HF_GLOBAL_NAMES = {
 }
 _META_OF_LAYER = {v: k for k, v in HF_LAYER_NAMES.items()}
 _META_OF_GLOBAL = {v: k for k, v in HF_GLOBAL_NAMES.items()}
-
-_ST_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
-}
 
 
 def hf_name(meta_name: str) -> str:
@@ -101,29 +97,56 @@ def unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
             .reshape(rows, cols))
 
 
-def read_safetensors(file: Path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as read-only memory-mapped numpy arrays."""
-    try:
-        with open(file, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-        size = file.stat().st_size - 8 - header_len
-        data = (np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len)
-                if size > 0 else np.zeros(0, np.uint8))
-        out = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] not in _ST_DTYPES:
-                raise ConversionError(f"{file}: tensor {name!r} has unsupported dtype "
-                                      f"{info['dtype']}")
-            start, end = info["data_offsets"]
-            out[name] = data[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
-        return out
-    except (OSError, ValueError, KeyError, struct.error) as e:
-        if isinstance(e, ConversionError):
+class SafetensorsFiles:
+    """The tensors of one or more .safetensors files, read on demand via `safe_open`.
+
+    Use as a context manager (it holds the files open). `shapes` maps every
+    tensor name to its stored shape (read from the headers only); `get(name)`
+    reads one tensor into memory as a numpy array.
+    """
+
+    def __init__(self, files: list[Path]):
+        self._stack = contextlib.ExitStack()
+        self._handles: dict[Path, Any] = {}
+        self.file_of: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        try:
+            for file in files:
+                handle = self._stack.enter_context(_open(file))
+                self._handles[file] = handle
+                for name in handle.keys():
+                    self.file_of[name] = file
+                    self.shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except BaseException:
+            self._stack.close()
             raise
+
+    def __enter__(self) -> SafetensorsFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def get(self, name: str) -> np.ndarray:
+        """Tensor `name` as a numpy array (bfloat16 as `ml_dtypes.bfloat16`)."""
+        file = self.file_of[name]
+        try:
+            return self._handles[file].get_tensor(name)
+        except Exception as e:  # safetensors raises its own SafetensorError / TypeError
+            raise ConversionError(f"{file}: cannot read tensor {name!r} as numpy ({e})") from e
+
+
+def _open(file: Path):
+    try:
+        return safe_open(file, framework="numpy")
+    except Exception as e:  # SafetensorError (header, size) or OSError
         raise ConversionError(f"{file}: not a readable safetensors file ({e})") from e
+
+
+def read_safetensors(file: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file as numpy arrays (via `safe_open`)."""
+    with SafetensorsFiles([Path(file)]) as st:
+        return {name: st.get(name) for name in st.shapes}
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -192,8 +215,12 @@ def config_from_hf(hf: dict[str, Any], file: Path) -> tuple[LlamaConfig, bool]:
     return config, bool(hf.get("tie_word_embeddings", False))
 
 
-def load_hf(path: str | Path, dtype: np.dtype | None = None) -> tuple[LlamaConfig, dict]:
-    """Load a HF Llama directory -> (config, scanned numpy params)."""
+def load_hf(path: str | Path, dtype: np.dtype | None = None, *,
+            progress: bool = True) -> tuple[LlamaConfig, dict]:
+    """Load a HF Llama directory -> (config, scanned numpy params).
+
+    `progress` shows a per-tensor bar (on a TTY only).
+    """
     path = Path(path)
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
@@ -205,30 +232,28 @@ def load_hf(path: str | Path, dtype: np.dtype | None = None) -> tuple[LlamaConfi
         raise ConversionError(f"{config_file}: not valid JSON ({e})") from e
     config, tied = config_from_hf(hf, config_file)
 
-    tensors: dict[str, np.ndarray] = {}
-    file_of: dict[str, Path] = {}
-    for f in _weight_files(path):
-        for name, array in read_safetensors(f).items():
-            tensors[name], file_of[name] = array, f
-    # Old HF checkpoints store the RoPE table per layer; it is derived, not learned.
-    ignored = lambda name: name.endswith("rotary_emb.inv_freq")  # noqa: E731
-    if tied and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-        file_of["lm_head.weight"] = file_of["model.embed_tokens.weight"]
-    expected = {hf_name(n): s for n, s in meta_shapes(config).items()}
-    check_tensors({n: a.shape for n, a in tensors.items()}, expected,
-                  where=lambda name: str(file_of.get(name, path)),
-                  config_source=str(config_file), ignored=ignored)
+    with SafetensorsFiles(_weight_files(path)) as st:
+        # transformers' tied checkpoints omit lm_head: read the embedding for it.
+        source = {name: name for name in st.shapes}
+        if tied and "lm_head.weight" not in source and "model.embed_tokens.weight" in source:
+            source["lm_head.weight"] = "model.embed_tokens.weight"
+        # Old HF checkpoints store the RoPE table per layer; it is derived, not learned.
+        ignored = lambda name: name.endswith("rotary_emb.inv_freq")  # noqa: E731
+        expected = {hf_name(n): s for n, s in meta_shapes(config).items()}
+        check_tensors({n: st.shapes[s] for n, s in source.items()}, expected,
+                      where=lambda name: str(st.file_of.get(source.get(name, ""), path)),
+                      config_source=str(config_file), ignored=ignored)
 
-    def take(name: str) -> np.ndarray:
-        w = tensors.pop(hf_name(name))
-        if name.endswith("attention.wq.weight"):
-            w = unpermute_rotary(w, config.n_heads)
-        elif name.endswith("attention.wk.weight"):
-            w = unpermute_rotary(w, config.num_kv_heads)
-        return w
+        def take(name: str) -> np.ndarray:
+            w = st.get(source[hf_name(name)])
+            if name.endswith("attention.wq.weight"):
+                w = unpermute_rotary(w, config.n_heads)
+            elif name.endswith("attention.wk.weight"):
+                w = unpermute_rotary(w, config.num_kv_heads)
+            return w
 
-    return config, meta_to_params(config, take, dtype)
+        return config, meta_to_params(config, take, dtype, progress=progress,
+                                      desc=f"reading {path.name}")
 
 
 def hf_config_for(config: LlamaConfig, dtype_name: str) -> dict[str, Any]:
@@ -257,17 +282,18 @@ def hf_config_for(config: LlamaConfig, dtype_name: str) -> dict[str, Any]:
     }
 
 
-def save_hf(config: LlamaConfig, flat: dict, out_dir: Path, shards: int = 1) -> None:
+def save_hf(config: LlamaConfig, flat: dict, out_dir: Path, shards: int = 1, *,
+            progress: bool = True) -> None:
     """Write config.json and model.safetensors (or `shards` files + index).
 
-    `flat` is a canonical (validated, scanned) tree from `canonical_params`.
+    `flat` is a canonical (validated, scanned) tree from `canonical_params`;
+    `progress` shows a per-tensor bar (on a TTY only).
     """
-    from safetensors.numpy import save_file
-
     if not isinstance(shards, int) or shards < 1:
         raise ConversionError(f"shards={shards!r} must be a positive integer")
     tensors = {}
-    for name, w in params_to_meta(config, flat):
+    for name, w in progress_bar(params_to_meta(config, flat), total=count_meta_tensors(config),
+                                desc="writing safetensors", enabled=progress):
         if name.endswith("attention.wq.weight"):
             w = permute_rotary(w, config.n_heads)
         elif name.endswith("attention.wk.weight"):

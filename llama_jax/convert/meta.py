@@ -25,6 +25,7 @@ import numpy as np
 from llama_jax.convert.common import (
     ConversionError,
     check_tensors,
+    count_meta_tensors,
     meta_shapes,
     meta_to_params,
     numpy_to_torch,
@@ -32,6 +33,7 @@ from llama_jax.convert.common import (
     split_layer_key,
     torch_to_numpy,
 )
+from llama_jax.convert.progress import progress_bar
 from llama_jax.model.config import LlamaConfig, ffn_hidden_dim
 
 PARAMS_FILE = "params.json"
@@ -130,8 +132,12 @@ def _suffix(name: str) -> str:
     return split[1] if split else name
 
 
-def load_meta(path: str | Path, dtype: np.dtype | None = None) -> tuple[LlamaConfig, dict]:
-    """Load a Meta checkpoint directory -> (config, scanned numpy params)."""
+def load_meta(path: str | Path, dtype: np.dtype | None = None, *,
+              progress: bool = True) -> tuple[LlamaConfig, dict]:
+    """Load a Meta checkpoint directory -> (config, scanned numpy params).
+
+    `progress` shows a per-tensor bar (on a TTY only).
+    """
     path = Path(path)
     params_json = _read_params_json(path / PARAMS_FILE)
     files = shard_files(path)
@@ -192,7 +198,8 @@ def load_meta(path: str | Path, dtype: np.dtype | None = None) -> tuple[LlamaCon
             return parts[0]
         return np.concatenate(parts, axis=axis)
 
-    return config, meta_to_params(config, take, dtype)
+    return config, meta_to_params(config, take, dtype, progress=progress,
+                                  desc=f"reading {path.name}")
 
 
 def meta_ffn_fields(config: LlamaConfig) -> tuple[int, float | None]:
@@ -244,10 +251,12 @@ def check_shardable(config: LlamaConfig, shards: int) -> None:
                               f"{shards}; choose a shard count that divides all of {sizes}")
 
 
-def save_meta(config: LlamaConfig, flat: dict, out_dir: Path, shards: int = 1) -> None:
+def save_meta(config: LlamaConfig, flat: dict, out_dir: Path, shards: int = 1, *,
+              progress: bool = True) -> None:
     """Write params.json and `shards` consolidated.NN.pth files into `out_dir`.
 
-    `flat` is a canonical (validated, scanned) tree from `canonical_params`.
+    `flat` is a canonical (validated, scanned) tree from `canonical_params`;
+    `progress` shows a per-tensor bar per shard (on a TTY only).
     """
     import torch
 
@@ -255,9 +264,12 @@ def save_meta(config: LlamaConfig, flat: dict, out_dir: Path, shards: int = 1) -
     (out_dir / PARAMS_FILE).write_text(json.dumps(params_json_for(config)))
     for s in range(shards):
         state = {}
-        for name, array in params_to_meta(config, flat):
+        fname = f"consolidated.{s:02d}.pth"
+        for name, array in progress_bar(params_to_meta(config, flat),
+                                        total=count_meta_tensors(config),
+                                        desc=f"writing {fname}", enabled=progress):
             axis = SPLIT_AXIS[_suffix(name)]
             if shards > 1 and axis is not None:
                 array = np.split(array, shards, axis=axis)[s]
             state[name] = numpy_to_torch(array)
-        torch.save(state, out_dir / f"consolidated.{s:02d}.pth")
+        torch.save(state, out_dir / fname)

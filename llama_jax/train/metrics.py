@@ -28,10 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from llama_jax.event_file import EventFileWriter
 from llama_jax.model.config import LlamaConfig
+from llama_jax.model.llama import abstract_params
 
 # Dense bf16 peak FLOP/s per device, matched against `jax.Device.device_kind`
 # by substring, first match wins (so the more specific names come first).
@@ -68,12 +71,13 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def matmul_params(config: LlamaConfig) -> int:
-    """Parameters that take part in matmuls: all but the embedding table."""
-    d, f, hd = config.dim, config.ffn_dim, config.head_dim
-    attn = d * config.n_heads * hd * 2 + d * config.num_kv_heads * hd * 2  # wq, wo, wk, wv
-    ffn = 3 * d * f  # w1, w2, w3
-    norms = 2 * d
-    return config.n_layers * (attn + ffn + norms) + d + d * config.vocab_size
+    """Parameters that take part in matmuls: all but the embedding table.
+
+    Counted on the model's own abstract init (`jax.eval_shape`, no allocation).
+    """
+    shapes = nn.meta.unbox(abstract_params(config))
+    total = sum(int(x.size) for x in jax.tree_util.tree_leaves(shapes))
+    return total - int(shapes["tok_embeddings"]["embedding"].size)
 
 
 def flops_per_token(config: LlamaConfig, seq_len: int) -> float:
