@@ -11,11 +11,11 @@ import pytest
 
 from llama_jax.kernels.flash_attention import (
     BlockSizes,
-    attention_reference,
     flash_attention,
     flash_attention_grads,
     flash_attention_with_lse,
 )
+from llama_jax.kernels.reference import attention_reference
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 

@@ -21,6 +21,7 @@ from llama_jax import PRESETS, Llama, LlamaConfig, count_params, get_preset, ini
 from llama_jax.convert import unstack_layers
 from llama_jax.convert.common import param_shapes, unflatten
 from llama_jax.model import abstract_params, ffn_hidden_dim
+from llama_jax.model.config import RUN_OPTIONS
 from llama_jax.model.layers import RMSNorm, apply_rope, rope_frequencies
 
 PAPER = {
@@ -80,7 +81,7 @@ def test_config_validation(kwargs, match):
 
 
 def test_config_dict_roundtrip_and_presets():
-    cfg = PRESETS["tiny"].replace(n_kv_heads=2, dtype="bfloat16")
+    cfg = PRESETS["tiny"].replace(n_kv_heads=2, param_dtype="bfloat16")
     assert LlamaConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown keys \['n_expert'\]"):
         LlamaConfig.from_dict({**cfg.to_dict(), "n_expert": 4})
@@ -89,6 +90,25 @@ def test_config_dict_roundtrip_and_presets():
     assert get_preset("llama_7b", max_seq_len=4096).max_seq_len == 4096
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.dim = 3
+
+
+def test_to_dict_is_the_shape_and_run_options_are_chosen_per_run():
+    run = dict(dtype="bfloat16", attention_impl="pallas", remat_policy="full", scan_layers=False)
+    cfg = PRESETS["tiny"].replace(n_kv_heads=2, param_dtype="bfloat16", **run)
+    d = cfg.to_dict()
+    assert set(d).isdisjoint(RUN_OPTIONS) and d["param_dtype"] == "bfloat16"
+    assert d == cfg.shape_dict() and d["n_kv_heads"] == 2
+    assert cfg.run_options() == run
+    # Back from disk: the shape, with the default run options.
+    back = LlamaConfig.from_dict(d)
+    assert back.attention_impl == "auto" and back.dtype == "float32"
+    assert back.remat_policy == "none" and back.scan_layers
+    assert back.with_run_options(**run) == cfg
+    assert back.with_run_options(attention_impl=None) is back  # None: keep
+    # A file written before the split (run options saved) loads with defaults.
+    assert LlamaConfig.from_dict({**d, **run}) == back
+    with pytest.raises(ValueError, match=r"\['dim'\] are not run options"):
+        back.with_run_options(dim=8)
 
 
 def test_every_param_has_logical_names(gqa_config):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from llama_jax import sharding
-from llama_jax.kernels.flash_attention import BlockSizes, attention_reference
+from llama_jax.kernels.flash_attention import BlockSizes
+from llama_jax.kernels.reference import attention_reference
 from llama_jax.kernels.ring_attention import _zig_dest, ring_attention
 from llama_jax.model.llama import Llama, init_params
 

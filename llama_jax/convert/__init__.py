@@ -110,7 +110,10 @@ def from_pretrained(
         to the dtype the params end up in.
       config_overrides: `LlamaConfig` fields to change after loading (e.g.
         ``{"max_seq_len": 4096, "scan_layers": False, "dtype": "bfloat16"}``);
-        shape fields must still match the tensors.
+        shape fields must still match the tensors. Run options
+        (`llama_jax.model.config.RUN_OPTIONS`, e.g. ``attention_impl``) are
+        never read from the checkpoint: they are the defaults unless set here
+        (a training checkpoint keeps the layout its tree was saved in).
       format: force one of 'meta', 'hf', 'orbax', 'training' instead of detecting.
       progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
 

@@ -1,6 +1,8 @@
 """This project's own model format: a directory holding
 
-- ``llama_config.json``: `LlamaConfig.to_dict()`;
+- ``llama_config.json``: `LlamaConfig.to_dict()`, the model's shape only (run
+  options such as ``attention_impl`` are chosen by whoever loads it; older
+  files that carry them load with the defaults);
 - ``params/``: an orbax `PyTreeCheckpointer` checkpoint of the parameters, always
   in the scanned layout (one ``layers`` subtree with a leading layers axis),
   whatever ``scan_layers`` says; `from_pretrained` returns the layout the

@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from llama_jax.convert.common import is_scanned
 from llama_jax.model.config import LlamaConfig
 
 STATE, DATA, META = "state", "data", "meta"
@@ -82,6 +83,8 @@ def load_params(path: str | Path, *, shardings: Any = None) -> tuple[LlamaConfig
     tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
     checkpointer = ocp.PyTreeCheckpointer()
     saved = tree["train_state"]["params"]
+    # The meta keeps the model's shape; the config says the layout the params come in.
+    config = config.replace(scan_layers=is_scanned(saved))
     if shardings is None:
         device = jax.devices()[0]
         shardings = jax.tree_util.tree_map(

@@ -45,6 +45,8 @@ flags.DEFINE_integer("max_len", None, "Longest scored sequence (default: the mod
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                   "Cast weights and compute to this dtype (default: as stored).")
+flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
+                  "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_integer("seed", 0, "Seed for few-shot sampling and generation.")
 flags.DEFINE_integer("gsm8k_samples", 1, "k for GSM8K maj1@k (1: greedy; the paper: 100).")
 flags.DEFINE_float("gsm8k_temperature", 0.6, "Sampling temperature when gsm8k_samples > 1.")
@@ -80,7 +82,9 @@ def main(argv):
     tok_path = FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model")
     try:
         tokenizer = Tokenizer.load(tok_path)
-        overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else None
+        overrides = {"attention_impl": FLAGS.attention_impl}
+        if FLAGS.dtype:
+            overrides["dtype"] = FLAGS.dtype
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                                    config_overrides=overrides)
     except (OSError, ValueError) as e:  # missing files, bad checkpoint (ConversionError)

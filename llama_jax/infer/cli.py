@@ -42,6 +42,8 @@ flags.DEFINE_integer("batch_size", 8, "Rows decoded together.")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                   "Cast weights and compute to this dtype (default: as stored).")
+flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
+                  "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_bool("bos", True, "Start each prompt with BOS.")
 flags.DEFINE_string("output", None, "Write JSON Lines {prompt, sample, text} here.")
 
@@ -78,7 +80,9 @@ def main(argv):
     try:
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
         tokenizer = Tokenizer.load(FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model"))
-        overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else None
+        overrides = {"attention_impl": FLAGS.attention_impl}
+        if FLAGS.dtype:
+            overrides["dtype"] = FLAGS.dtype
         mesh = placement.parse_mesh(FLAGS.mesh)
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                                    config_overrides=overrides)

@@ -1,13 +1,14 @@
-"""Custom kernels: Pallas flash attention (GPU, interpretable on CPU) and ring
-attention over the `sequence` mesh axis."""
+"""Custom kernels: Pallas flash attention (GPU, interpretable on CPU), ring
+attention over the `sequence` mesh axis, and the plain-jnp reference both are
+tested against (also the model's ``xla`` path)."""
 
 from llama_jax.kernels.flash_attention import (
     BlockSizes,
-    attention_reference,
     flash_attention,
     flash_attention_grads,
     flash_attention_with_lse,
 )
+from llama_jax.kernels.reference import MASK_VALUE, attention_mask, attention_reference
 
-__all__ = ["BlockSizes", "attention_reference", "flash_attention", "flash_attention_grads",
-           "flash_attention_with_lse"]
+__all__ = ["MASK_VALUE", "BlockSizes", "attention_mask", "attention_reference", "flash_attention",
+           "flash_attention_grads", "flash_attention_with_lse"]

@@ -7,7 +7,8 @@ CPU with ``interpret=True``), used by the model when
 * Forward: one program per (q block, batch, head) streams the kv blocks with
   an online softmax (base-2 exponentials) and writes the output and the
   log-sum-exp, which the backward pass reuses instead of storing P.
-* Backward (`flash_attention_bwd.py`): a dK/dV kernel and a dQ kernel.
+* Backward (`flash_attention_bwd.py`): a dK/dV kernel and a dQ kernel; the
+  in-kernel tile helpers both directions share are in `tiles.py`.
 * GQA: a query head's kv head is picked in the BlockSpec index map
   (``head // group``); K and V are never repeated in memory.
 * Packed documents: ``[batch, len]`` segment ids; a key is visible to a query
@@ -21,7 +22,8 @@ CPU with ``interpret=True``), used by the model when
 Causal means key j is visible to query i iff j <= i (both counted from 0; with
 q_len != kv_len the sequences are aligned at their starts). A query that sees
 no key (possible only with separate q/kv segment ids) gets output 0 and
-lse -inf. `attention_reference` is the plain-jnp oracle for all of it.
+lse -inf. `llama_jax.kernels.reference.attention_reference` (re-exported here)
+is the plain-jnp oracle for all of it and owns the input checks.
 """
 
 from __future__ import annotations
@@ -31,17 +33,16 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from llama_jax.kernels.flash_attention_bwd import (
+from llama_jax.kernels.flash_attention_bwd import flash_backward_padded
+from llama_jax.kernels.reference import MASK_VALUE, attention_reference, check_inputs
+from llama_jax.kernels.tiles import (
     LN2,
     LOG2E,
-    MASK_VALUE,
     dot_nn,
-    flash_backward_padded,
     kv_loop_bounds,
     masked_scores,
     maybe_skip,
@@ -52,7 +53,6 @@ __all__ = ["MASK_VALUE", "BlockSizes", "attention_reference", "flash_attention",
            "flash_attention_with_lse", "flash_attention_grads"]
 
 _MIN_BLOCK = 16  # Triton's tl.dot needs every tile dimension >= 16.
-_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def _pow2(n: int) -> bool:
@@ -236,44 +236,6 @@ def _flash_bwd(st: _Static, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _check(q, k, v, segment_ids, q_segment_ids, kv_segment_ids):
-    """Validate shapes and dtypes; return (q_segment_ids, kv_segment_ids)."""
-    if q.ndim != 4 or k.ndim != 4:
-        raise ValueError(f"q must be [batch, q_len, heads, head_dim] and k, v "
-                         f"[batch, kv_len, kv_heads, head_dim]; got {q.shape=}, {k.shape=}")
-    if v.shape != k.shape:
-        raise ValueError(f"v must have k's shape; got {k.shape=}, {v.shape=}")
-    batch, q_len, heads, head_dim = q.shape
-    _, kv_len, kv_heads, _ = k.shape
-    if k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"q and k must agree on batch and head_dim; got {q.shape=}, {k.shape=}")
-    if heads % kv_heads:
-        raise ValueError(f"{heads=} must be a multiple of {kv_heads=} (grouped-query attention)")
-    if q_len == 0 or kv_len == 0:
-        raise ValueError(f"empty sequence: {q_len=}, {kv_len=}")
-    if not (q.dtype == k.dtype == v.dtype) or jnp.dtype(q.dtype) not in _DTYPES:
-        raise ValueError(f"q, k, v must share one of float32/bfloat16/float16; got "
-                         f"{q.dtype=}, {k.dtype=}, {v.dtype=}")
-    if segment_ids is not None:
-        if q_segment_ids is not None or kv_segment_ids is not None:
-            raise ValueError("pass segment_ids, or q_segment_ids and kv_segment_ids, not both")
-        if q_len != kv_len:
-            raise ValueError(f"segment_ids needs {q_len=} == {kv_len=}; pass q_segment_ids "
-                             "and kv_segment_ids instead")
-        q_segment_ids = kv_segment_ids = segment_ids
-    if (q_segment_ids is None) != (kv_segment_ids is None):
-        raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
-    for name, seg, n in (("q_segment_ids", q_segment_ids, q_len),
-                         ("kv_segment_ids", kv_segment_ids, kv_len)):
-        if seg is not None:
-            if tuple(seg.shape) != (batch, n):
-                raise ValueError(f"{name} must be [batch, len] = {(batch, n)}; got "
-                                 f"{tuple(seg.shape)}")
-            if not jnp.issubdtype(seg.dtype, jnp.integer):
-                raise ValueError(f"{name} must be integers; got {seg.dtype}")
-    return q_segment_ids, kv_segment_ids
-
-
 def _prepare(q, k, v, q_seg, kv_seg, *, causal, sm_scale, block_sizes, interpret):
     """Pad lengths to whole blocks and head_dim to a power of two >= 16."""
     _, q_len, _, head_dim = q.shape
@@ -318,7 +280,7 @@ def flash_attention(
     Returns:
       [batch, q_len, heads, head_dim] in q's dtype.
     """
-    q_seg, kv_seg = _check(q, k, v, segment_ids, q_segment_ids, kv_segment_ids)
+    q_seg, kv_seg = check_inputs(q, k, v, segment_ids, q_segment_ids, kv_segment_ids)
     st, *padded = _prepare(q, k, v, q_seg, kv_seg, causal=causal, sm_scale=sm_scale,
                            block_sizes=block_sizes, interpret=interpret)
     out = _flash(*padded, st)
@@ -336,7 +298,7 @@ def flash_attention_with_lse(
     The building block of ring attention, whose custom VJP calls
     `flash_attention_grads` with the log-sum-exp of the whole ring.
     """
-    q_seg, kv_seg = _check(q, k, v, None, q_segment_ids, kv_segment_ids)
+    q_seg, kv_seg = check_inputs(q, k, v, None, q_segment_ids, kv_segment_ids)
     st, *padded = _prepare(q, k, v, q_seg, kv_seg, causal=causal, sm_scale=sm_scale,
                            block_sizes=block_sizes, interpret=interpret)
     o, lse = _fwd_call(*padded, st, out_dtype=out_dtype)
@@ -358,7 +320,7 @@ def flash_attention_grads(
 
     Returns dq, dk, dv in `out_dtype` (default: q's dtype and k's dtype).
     """
-    q_seg, kv_seg = _check(q, k, v, None, q_segment_ids, kv_segment_ids)
+    q_seg, kv_seg = check_inputs(q, k, v, None, q_segment_ids, kv_segment_ids)
     if do.shape != q.shape or lse.shape != (q.shape[0], q.shape[2], q.shape[1]) \
             or delta.shape != lse.shape:
         raise ValueError(f"do must be q's shape and lse, delta [batch, heads, q_len]; got "
@@ -374,40 +336,3 @@ def flash_attention_grads(
                            out_dtype=out_dtype)
     n, m, d = q.shape[1], k.shape[1], q.shape[3]
     return dq[:, :n, :, :d], dk[:, :m, :, :d], dv[:, :m, :, :d]
-
-
-def attention_reference(
-    q, k, v, *, causal: bool = True, segment_ids=None, q_segment_ids=None,
-    kv_segment_ids=None, sm_scale: float | None = None, return_lse: bool = False,
-):
-    """Plain-jnp attention (float32 math) with the kernel's exact semantics.
-
-    Same arguments as `flash_attention`; a query that sees no key outputs 0
-    (lse -inf). Builds the dense [q_len, kv_len] logits: tests only.
-    """
-    q_seg, kv_seg = _check(q, k, v, segment_ids, q_segment_ids, kv_segment_ids)
-    b, t, h, d = q.shape
-    s, kvh = k.shape[1], k.shape[2]
-    scale = d ** -0.5 if sm_scale is None else sm_scale
-    qg = q.astype(jnp.float32).reshape(b, t, kvh, h // kvh, d)  # [batch, q_len, kv_heads, group, head_dim]
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32),
-                        precision=lax.Precision.HIGHEST) * scale  # [batch, kv_heads, group, q_len, kv_len]
-    mask = jnp.ones((b, t, s), bool)  # [batch, q_len, kv_len]
-    if causal:
-        mask &= (np.arange(s)[None, :] <= np.arange(t)[:, None])[None]
-    if q_seg is not None:
-        mask &= q_seg[:, :, None] == kv_seg[:, None, :]
-    mask = mask[:, None, None]  # [batch, 1, 1, q_len, kv_len]
-    logits = jnp.where(mask, logits, -jnp.inf)
-    m = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    p = jnp.where(mask, jnp.exp(logits - m), 0.0)
-    denom = jnp.sum(p, axis=-1, keepdims=True)
-    p = p / jnp.where(denom == 0.0, 1.0, denom)
-    out = jnp.einsum("bkgts,bskd->btkgd", p, v.astype(jnp.float32),
-                     precision=lax.Precision.HIGHEST)  # [batch, q_len, kv_heads, group, head_dim]
-    out = out.reshape(b, t, h, d).astype(q.dtype)  # [batch, q_len, heads, head_dim]
-    if not return_lse:
-        return out
-    lse = (m + jnp.log(denom))[..., 0].reshape(b, h, t)  # [batch, heads, q_len]
-    return out, lse

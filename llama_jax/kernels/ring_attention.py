@@ -23,8 +23,9 @@ dQ accumulates locally, all from the global log-sum-exp and
 delta = rowsum(out * dout).
 
 Local attention on each step is our Pallas kernel (``local_impl="flash"``) or
-plain jnp on the local chunks (``"xla"``, fast on CPU; no [len, len] mask of
-the whole sequence either way).
+`llama_jax.kernels.reference.attention_reference` on the local chunks
+(``"xla"``, fast on CPU; its backward here builds the same
+`attention_mask`); no [len, len] mask of the whole sequence either way.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from jax.sharding import PartitionSpec as P
 
 from llama_jax.kernels.flash_attention import (
     BlockSizes,
-    attention_reference,
     flash_attention_grads,
     flash_attention_with_lse,
 )
+from llama_jax.kernels.reference import attention_mask, attention_reference
 from llama_jax.sharding import SEQUENCE
 
 LOCAL_IMPLS = ("flash", "xla")
@@ -81,7 +82,8 @@ def _local_fwd(cfg: _Ring, q, k, v, q_seg, k_seg, causal: bool):
     f32 = jnp.float32
     return attention_reference(q.astype(f32), k.astype(f32), v.astype(f32), causal=causal,
                                q_segment_ids=q_seg, kv_segment_ids=k_seg,
-                               sm_scale=cfg.sm_scale, return_lse=True)
+                               sm_scale=cfg.sm_scale, return_lse=True,
+                               precision=lax.Precision.HIGHEST)
 
 
 def _local_bwd(cfg: _Ring, q, k, v, do, lse, delta, q_seg, k_seg, causal: bool):
@@ -100,11 +102,8 @@ def _local_bwd(cfg: _Ring, q, k, v, do, lse, delta, q_seg, k_seg, causal: bool):
     kf, vf = k.astype(f32), v.astype(f32)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, kf,
                         precision=hi) * cfg.sm_scale  # [batch, kv_heads, group, q_len, kv_len]
-    mask = jnp.ones((b, t, s), bool)  # [batch, q_len, kv_len]
-    if causal:
-        mask &= (jnp.arange(s)[None, :] <= jnp.arange(t)[:, None])[None]
-    if q_seg is not None:
-        mask &= q_seg[:, :, None] == k_seg[:, None, :]
+    mask = attention_mask(t, s, causal=causal, q_segment_ids=q_seg,
+                          kv_segment_ids=k_seg)  # [batch or 1, q_len, kv_len]
     lse = lse.reshape(b, kvh, g, t)[..., None]  # [batch, kv_heads, group, q_len, 1]
     lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)  # rows that see nothing: P = 0
     p = jnp.where(mask[:, None, None], jnp.exp(logits - lse), 0.0)

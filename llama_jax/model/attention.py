@@ -1,9 +1,11 @@
 """Causal multi-head attention with grouped-query heads and a KV cache.
 
-`dot_product_attention` dispatches on `config.attention_impl`; the `xla` path
-below is the plain einsum implementation every other path is tested against.
-Masks come from segment ids (packed documents never attend across each other)
-and a causal rule on absolute indices; no dense [len, len] mask is an input.
+`dot_product_attention` dispatches on the run option `config.attention_impl`;
+the `xla` path is `llama_jax.kernels.reference.attention_reference`, the one
+plain-jnp attention every other path is tested against. Masks come from
+segment ids (packed documents never attend across each other) and a causal
+rule on absolute indices; no dense [len, len] mask is an input. The model
+passes ``segment_ids=None`` down when its caller has none.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
+from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 from llama_jax import sharding
 from llama_jax.kernels.flash_attention import flash_attention
+from llama_jax.kernels.reference import attention_reference
 from llama_jax.kernels.ring_attention import ring_attention
-from llama_jax.model.config import LlamaConfig
+from llama_jax.model.config import ATTENTION_IMPLS, LlamaConfig
 from llama_jax.model.layers import Linear, apply_rope, constrain
 
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_warned_cudnn_segments = False
 
 
 def xla_attention(
@@ -32,38 +37,82 @@ def xla_attention(
     causal: bool = True,
     q_offset: jax.Array | int = 0,
 ) -> jax.Array:
-    """Attention by einsum, with GQA by grouping (K/V are never repeated).
+    """The `xla` path: `attention_reference` without its log-sum-exp.
 
     Args:
       q: [batch, q_len, heads, head_dim].
-      k, v: [batch, kv_len, kv_heads, head_dim].
+      k, v: [batch, kv_len, kv_heads, head_dim] (GQA by grouping, never repeated).
       q_segment_ids: [batch, q_len] or None; kv_segment_ids: [batch, kv_len].
       causal: key j is visible to query i iff j <= i + q_offset.
       q_offset: absolute index of the first query (decoding with a cache).
 
     Returns:
-      [batch, q_len, heads, head_dim] in q's dtype.
+      [batch, q_len, heads, head_dim] in q's dtype; a query that sees no key is 0.
     """
-    b, t, h, d = q.shape
-    s, kvh = k.shape[1], k.shape[2]
-    if h % kvh:
-        raise ValueError(f"heads={h} is not a multiple of kv_heads={kvh}")
-    qg = q.reshape(b, t, kvh, h // kvh, d)  # [batch, q_len, kv_heads, group, head_dim]
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k,
-                        preferred_element_type=jnp.float32)  # [batch, kv_heads, group, q_len, kv_len]
-    logits = logits * (d ** -0.5)
-    mask = jnp.ones((1, t, s), dtype=bool)  # [batch, q_len, kv_len]
-    if causal:
-        q_idx = jnp.arange(t)[:, None] + q_offset
-        mask = mask & (jnp.arange(s)[None, :] <= q_idx)[None]
-    if q_segment_ids is not None or kv_segment_ids is not None:
-        if q_segment_ids is None or kv_segment_ids is None:
-            raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
-        mask = mask & (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])
-    logits = jnp.where(mask[:, None, None], logits, MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [batch, q_len, kv_heads, group, head_dim]
-    return out.reshape(b, t, h, d)
+    return attention_reference(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
+                               kv_segment_ids=kv_segment_ids, q_offset=q_offset)
+
+
+def resolve_impl(impl: str, q_offset: jax.Array | int = 0) -> str:
+    """The implementation `impl` names on this backend ("auto" resolved).
+
+    A cache offset (traced, or non-zero) means a decoding step: always "xla".
+    Raises ValueError for an unknown name, "cudnn" off GPU, and "pallas" on a
+    backend it neither lowers to nor interprets usefully.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
+    if isinstance(q_offset, jax.Array) or q_offset != 0:
+        return "xla"
+    backend = jax.default_backend()
+    if impl == "auto":
+        return "pallas" if backend == "gpu" else "xla"
+    if impl == "pallas" and backend not in ("gpu", "cpu"):
+        # The kernel targets Pallas' GPU (Triton) lowering; CPU runs it in
+        # interpret mode for tests. Elsewhere interpret mode would be a silent,
+        # very slow fallback.
+        raise ValueError(f"attention_impl='pallas' is a GPU kernel; the backend is "
+                         f"{backend!r}: use 'xla' (or 'auto', which picks it)")
+    if impl == "cudnn" and backend != "gpu":
+        raise ValueError(f"attention_impl='cudnn' needs a GPU (backend is {backend!r}); "
+                         "use 'auto' or 'xla'")
+    return impl
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
+    """cuDNN fused attention (`jax.nn.dot_product_attention`), no segment mask."""
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                        implementation="cudnn")  # [batch, q_len, heads, head_dim]
+
+
+def _cudnn(q, k, v, q_segment_ids, kv_segment_ids, *, causal):
+    """cuDNN where the batch needs no segment mask, the reference elsewhere.
+
+    `jax.nn.dot_product_attention` takes segments only as a dense [len, len]
+    mask, which this project does not build. Segment ids are values, unknown
+    at trace time, so rather than fail every caller that passes them (the
+    trainer's packed batches, the scorer, the generator's padded prompts) the
+    choice is made at run time: when every row holds a single segment (an
+    unpacked, unpadded batch) the mask is plain causal and cuDNN runs; otherwise
+    the reference runs (correct, O(len^2) memory), with a one-time warning that
+    names 'pallas' for packed documents. Callers without packing should pass
+    segment_ids=None, which goes to cuDNN with no run-time check.
+    """
+    if q_segment_ids is None:
+        return cudnn_attention(q, k, v, causal=causal)
+    global _warned_cudnn_segments
+    if not _warned_cudnn_segments:
+        _warned_cudnn_segments = True
+        logging.warning(
+            "attention_impl='cudnn' got segment ids: batches whose rows each hold one "
+            "segment run cuDNN, packed or padded rows run the plain-jnp reference "
+            "(O(len^2) memory); for packed documents use attention_impl='pallas' (or 'auto')")
+    first = q_segment_ids[:, :1]  # [batch, 1]
+    uniform = jnp.all(q_segment_ids == first) & jnp.all(kv_segment_ids == first)
+    return lax.cond(uniform,
+                    lambda: cudnn_attention(q, k, v, causal=causal),
+                    lambda: xla_attention(q, k, v, q_segment_ids, kv_segment_ids,
+                                          causal=causal))
 
 
 def dot_product_attention(
@@ -73,55 +122,34 @@ def dot_product_attention(
     q_segment_ids: jax.Array | None,
     kv_segment_ids: jax.Array | None,
     *,
-    impl: str = "xla",
+    impl: str = "auto",
     causal: bool = True,
     q_offset: jax.Array | int = 0,
 ) -> jax.Array:
     """Dispatch attention to the implementation named by `impl`.
 
-    impl: "xla" (`xla_attention`), "cudnn" (`jax.nn.dot_product_attention`
-    with cuDNN; GPU only, no segment ids), "pallas" (our flash kernel,
-    `llama_jax.kernels.flash_attention`; Pallas interpret mode off GPU),
-    "ring" (`llama_jax.kernels.ring_attention` over the active mesh's
-    `sequence` axis) or "auto" ("pallas" on GPU, "xla" elsewhere). Decoding
-    steps (a cache offset) always take the einsum path.
+    impl: "xla" (`xla_attention`, the reference), "cudnn"
+    (`jax.nn.dot_product_attention` with cuDNN; GPU only; with segment ids it
+    runs cuDNN only for batches of one segment per row, see `_cudnn`),
+    "pallas" (our flash kernel, `llama_jax.kernels.flash_attention`; Pallas
+    interpret mode on CPU), "ring" (`llama_jax.kernels.ring_attention` over
+    the active mesh's `sequence` axis) or "auto" ("pallas" on GPU, "xla"
+    elsewhere). Decoding steps (a cache offset) always take the "xla" path.
     """
-    if isinstance(q_offset, jax.Array) or q_offset != 0:
-        impl = "xla"
-    on_gpu = jax.default_backend() == "gpu"
-    if impl == "auto":
-        impl = "pallas" if on_gpu else "xla"
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
+    impl = resolve_impl(impl, q_offset)
     if impl == "xla":
         return xla_attention(q, k, v, q_segment_ids, kv_segment_ids,
                              causal=causal, q_offset=q_offset)
-    if (q_segment_ids is None) != (kv_segment_ids is None):
-        raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
     if impl == "pallas":
-        if jax.default_backend() not in ("gpu", "cpu"):
-            # The kernel targets Pallas' GPU (Triton) lowering; CPU runs it in
-            # interpret mode for tests. Elsewhere interpret mode would be a
-            # silent, very slow fallback.
-            raise ValueError(
-                f"attention_impl='pallas' is a GPU kernel; the backend is "
-                f"{jax.default_backend()!r}: use 'xla' (or 'auto', which picks it)")
         return flash_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
-                               kv_segment_ids=kv_segment_ids, interpret=not on_gpu)
+                               kv_segment_ids=kv_segment_ids,
+                               interpret=jax.default_backend() != "gpu")
     if impl == "cudnn":
-        if not on_gpu:
-            raise ValueError(f"attention_impl='cudnn' needs a GPU (backend is "
-                             f"{jax.default_backend()!r}); use 'auto' or 'xla'")
-        if q_segment_ids is not None:
-            raise ValueError(
-                "attention_impl='cudnn' cannot mask packed documents: "
-                "jax.nn.dot_product_attention takes segments only as a dense [len, len] "
-                "mask; use attention_impl='pallas' (or 'auto') for segment ids")
-        return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
-                                            implementation="cudnn")
-    if impl == "ring":
-        return _ring_attention(q, k, v, q_segment_ids, kv_segment_ids, causal=causal,
-                               on_gpu=on_gpu)
-    raise ValueError(f"attention_impl={impl!r} is not one of 'xla', 'cudnn', 'pallas', "
-                     "'ring', 'auto'")
+        return _cudnn(q, k, v, q_segment_ids, kv_segment_ids, causal=causal)
+    return _ring_attention(q, k, v, q_segment_ids, kv_segment_ids, causal=causal,
+                           on_gpu=jax.default_backend() == "gpu")
 
 
 def _ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal, on_gpu):
@@ -172,19 +200,39 @@ class Attention(nn.Module):
                     "activation_kv")
         k, v = constrain(k, kv_names), constrain(v, kv_names)
 
-        q_offset = 0
-        kv_segment_ids = segment_ids
-        if self.decode:
-            if segment_ids is None:
-                segment_ids = jnp.ones(x.shape[:2], jnp.int32)
-            k, v, kv_segment_ids, q_offset = self._update_cache(k, v, segment_ids)
-        out = dot_product_attention(q, k, v, segment_ids, kv_segment_ids,
-                                    impl=cfg.attention_impl, causal=True,
-                                    q_offset=q_offset)  # [batch, len, heads, head_dim]
+        if not self.decode:
+            out = dot_product_attention(q, k, v, segment_ids, segment_ids,
+                                        impl=cfg.attention_impl, causal=True)  # [batch, len, heads, head_dim]
+        else:
+            out = self._attend_cache(q, k, v, segment_ids)  # [batch, len, heads, head_dim]
         out = checkpoint_name(out, "attention")
         out = Linear((cfg.dim,), ("heads", "kv", "embed"), in_dims=2, name="wo",
                      **kw)(out)  # [batch, len, embed]
         return checkpoint_name(out, "wo")
+
+    def _attend_cache(self, q, k, v, segment_ids):
+        """Write this chunk's K/V into the cache and attend q to the whole cache.
+
+        Steps with a cache offset take the reference path. With
+        attention_impl='cudnn' a prefill into an empty cache (index 0) is
+        attention over the chunk itself and runs cuDNN (a `lax.cond` on the
+        index), for unpadded prompts (one segment per row, or none given).
+        """
+        cfg = self.config
+        seg = jnp.ones(q.shape[:2], jnp.int32) if segment_ids is None else segment_ids
+        ck, cv, cs, idx = self._update_cache(k, v, seg)
+        kv_seg = None if segment_ids is None else cs
+        q_seg = segment_ids
+
+        def cached():
+            return dot_product_attention(q, ck, cv, q_seg, kv_seg, impl=cfg.attention_impl,
+                                         causal=True, q_offset=idx)
+
+        if self.is_initializing() or resolve_impl(cfg.attention_impl) != "cudnn":
+            return cached()
+        return lax.cond(idx == 0,
+                        lambda: _cudnn(q, k, v, q_seg, q_seg, causal=True),
+                        cached)
 
     def _update_cache(self, k, v, segment_ids):
         """Write this chunk's K/V at `cache_index`; return the whole cache.

@@ -4,6 +4,14 @@ The shapes of the paper's Table 2 (LLaMA 7B/13B/33B/65B) and a `tiny` preset
 that trains on a laptop CPU in minutes. The feed-forward width follows Meta's
 released code: ``hidden = int(2 * 4 * dim / 3)``, optionally scaled by
 ``ffn_dim_multiplier``, rounded up to a multiple of ``multiple_of``.
+
+What the model is and how it runs are kept apart: the shape fields (and
+``param_dtype``, the dtype the weights are stored in) are what a checkpoint
+carries (`LlamaConfig.to_dict`); the `RUN_OPTIONS` (compute ``dtype``,
+``attention_impl``, ``remat_policy``, ``scan_layers``) are chosen by each
+entry point (the train config's ``model.*`` keys, eval/generate flags,
+`from_pretrained`'s ``config_overrides``) and are never read back from a
+checkpoint. They stay `LlamaConfig` fields so that layers see one object.
 """
 
 from __future__ import annotations
@@ -12,11 +20,16 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
+from absl import logging
 
 from llama_jax.model.remat import REMAT_POLICIES
 
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "ring", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
+# How the model runs, not what it is: chosen per run, never saved with weights.
+# (scan_layers is a parameter *layout*; `from_pretrained` converts between the
+# scanned and unscanned trees, so it is a run choice too.)
+RUN_OPTIONS = ("dtype", "attention_impl", "remat_policy", "scan_layers")
 
 
 def ffn_hidden_dim(
@@ -46,9 +59,12 @@ class LlamaConfig:
       norm_eps: RMSNorm epsilon.
       rope_theta: RoPE base frequency.
       max_seq_len: longest context (RoPE table, KV cache default).
-      dtype: compute dtype of activations ("float32" or "bfloat16").
       param_dtype: storage dtype of parameters.
-      attention_impl: "xla", "cudnn", "pallas", "ring" or "auto".
+
+    Run options (`RUN_OPTIONS`; not saved, see `to_dict`):
+      dtype: compute dtype of activations ("float32", "bfloat16", "float16").
+      attention_impl: "xla", "cudnn", "pallas", "ring" or "auto" (see
+        `llama_jax.model.attention.dot_product_attention`).
       remat_policy: a key of `llama_jax.model.remat.REMAT_POLICIES`.
       scan_layers: stack the blocks with `nn.scan` (one compiled block).
     """
@@ -66,7 +82,7 @@ class LlamaConfig:
     max_seq_len: int = 2048
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat_policy: str = "none"
     scan_layers: bool = True
 
@@ -129,18 +145,51 @@ class LlamaConfig:
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def with_run_options(self, **options) -> LlamaConfig:
+        """A copy with run options (`RUN_OPTIONS`) set; None values are skipped.
+
+        Raises ValueError naming a key that is a shape field, not a run option.
+        """
+        shape = sorted(set(options) - set(RUN_OPTIONS))
+        if shape:
+            raise ValueError(f"LlamaConfig.with_run_options: {shape} are not run options; "
+                             f"run options are {list(RUN_OPTIONS)} (use replace() for shape)")
+        changes = {k: v for k, v in options.items() if v is not None}
+        return self.replace(**changes) if changes else self
+
+    def run_options(self) -> dict[str, Any]:
+        """The run options of this config (`RUN_OPTIONS`) as a dict."""
+        return {k: getattr(self, k) for k in RUN_OPTIONS}
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The model's shape (every field but `RUN_OPTIONS`; `param_dtype` included).
+
+        This is what a checkpoint stores: how the model runs is chosen by
+        whoever loads it.
+        """
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in RUN_OPTIONS}
+
+    shape_dict = to_dict
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
-        """Build from a dict; unknown keys are an error naming them."""
+        """Build from a shape dict; unknown keys are an error naming them.
+
+        Run options in `d` (files written before they were split off) are
+        ignored, so old checkpoints load with the default run options; set
+        them with `with_run_options` or `from_pretrained(config_overrides=...)`.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"LlamaConfig: unknown keys {unknown}; known keys "
                              f"are {sorted(names)}")
-        return cls(**d)
+        ignored = {k: d[k] for k in RUN_OPTIONS if k in d}
+        if ignored:
+            logging.info(
+                "LlamaConfig.from_dict: ignoring saved run options %s (chosen per run)", ignored)
+        return cls(**{k: v for k, v in d.items() if k not in RUN_OPTIONS})
 
 
 _PAPER = dict(vocab_size=32000, multiple_of=256, norm_eps=1e-6, max_seq_len=2048)

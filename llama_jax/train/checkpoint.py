@@ -34,10 +34,11 @@ from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.sharding import path_str
 
-# Model-config fields that change parameter shapes or layout: a checkpoint
-# with different values cannot be resumed.
+# Model-config fields that change parameter shapes: a checkpoint with different
+# values cannot be resumed. (The stored tree's layout, scan_layers, is a run
+# option recorded beside the model config, see `check_model_matches`.)
 SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-                "ffn_dim_multiplier", "hidden_dim", "scan_layers", "param_dtype")
+                "ffn_dim_multiplier", "hidden_dim", "param_dtype")
 
 
 def _grain_handler():
@@ -198,15 +199,25 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=default))
 
 
-def check_model_matches(saved: dict, requested: LlamaConfig, workdir: str | Path) -> None:
+def check_model_matches(saved: dict, requested: LlamaConfig, workdir: str | Path, *,
+                        saved_scan_layers: bool | None = None) -> None:
     """Raise if the saved model config's shape differs from `requested`.
 
     Names each differing field with both values and suggests a fresh workdir.
-    Non-shape differences (dtype, remat policy, attention impl) are allowed.
+    Run options (dtype, remat policy, attention impl) may differ. The train
+    state's tree follows `scan_layers`, so resuming needs the layout it was
+    saved in: `saved_scan_layers` (the meta's record; checkpoints written
+    before the split carry it inside `saved`) is compared too.
     """
     want = requested.to_dict()
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config asks for {want[k]!r}"
              for k in SHAPE_FIELDS if saved.get(k) != want[k]]
+    if saved_scan_layers is None:
+        saved_scan_layers = saved.get("scan_layers")
+    if saved_scan_layers is not None and saved_scan_layers != requested.scan_layers:
+        diffs.append(f"scan_layers: checkpoint has {saved_scan_layers!r}, config asks for "
+                     f"{requested.scan_layers!r} (set model.scan_layers={saved_scan_layers} "
+                     "to resume)")
     if diffs:
         raise ConfigError(
             f"workdir {workdir} holds a checkpoint of a different model:\n  " + "\n  ".join(diffs)

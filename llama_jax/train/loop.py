@@ -300,7 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     latest = checkpointer.latest_step()
     meta = checkpointer.read_meta(latest) if latest is not None else None
     if meta is not None:
-        ckpt_lib.check_model_matches(meta["model_config"], mcfg, workdir)
+        ckpt_lib.check_model_matches(meta["model_config"], mcfg, workdir,
+                                     saved_scan_layers=meta.get("scan_layers"))
         check_resumable(meta.get("config", {}), config, workdir)
 
     data = setup_data(config, mcfg)  # Missing paths / vocab mismatch fail here.
@@ -345,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     def save(step: int, force: bool) -> None:
         stats.sync(gather)
-        meta = {"config": config_json, "model_config": mcfg.to_dict(),
+        meta = {"config": config_json, "model_config": mcfg.to_dict(),  # the shape only
+                "scan_layers": mcfg.scan_layers,  # the stored tree's layout
                 "tokens": step * t.batch_size * t.seq_len, "source_stats": stats.state(),
                 "tokenizer_sha256": tokenizer_sha256, "mesh": dict(mesh.shape),
                 "jax_version": jax.__version__}
