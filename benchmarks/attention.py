@@ -335,7 +335,7 @@ def main(argv=None) -> list[dict]:
                                   interpret=interpret))
     report = {
         "device": device.device_kind, "platform": device.platform,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jax": jax.__version__, "python": platform.python_version(),
         "smoke": args.smoke, "interpret": interpret, "flops": FLOP_NOTE,
         "args": vars(args), "feature_checks": features, "rows": rows,
