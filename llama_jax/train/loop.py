@@ -164,7 +164,10 @@ class _Logger:
         o = config.optimizer
         self.lr = lambda count: optim.lr_at(count, o.lr, o.warmup_steps, t.steps, o.min_lr_ratio)
         main = jax.process_index() == 0
-        self.writer = metrics.MetricWriter(workdir, tensorboard=t.tensorboard, enabled=main)
+        # A resumed run's TensorBoard hides the events after `start` that the
+        # JSONL drops below (they are recomputed).
+        self.writer = metrics.MetricWriter(workdir, tensorboard=t.tensorboard, enabled=main,
+                                           purge_step=start + 1 if start else None)
         dropped = self.writer.truncate_after(start)
         if dropped:
             logging.info("metrics.jsonl: dropped %d records after step %d (recomputed)",
@@ -342,6 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     eval_step = make_eval_step(mcfg, mesh, rules, shardings.params)
     log = _Logger(config, mcfg, workdir, start)
     config_json = _config_json(config)
+    log.writer.write_run_config(config_json, step=start, metric_tags=(
+        "loss", "loss_mean", *(f"eval_loss/{name}" for name in data.eval_batches)))
 
     def save(step: int, force: bool) -> None:
         stats.sync(gather)
