@@ -17,7 +17,8 @@ step's loss and gradient norm (one step behind the device, and before every
 save, so no checkpoint holds a state that produced a NaN) and raises
 `NonFiniteLossError` naming the last good checkpoint; with ``'skip'`` the
 optimizer drops non-finite updates on device (`optax.apply_if_finite`) and the
-loop stops only after ``train.max_consecutive_skips`` in a row.
+loop stops only after ``train.max_consecutive_skips`` in a row. Both the
+one-step-behind fetch and this policy are `step_metrics.StepMetrics`.
 """
 
 from __future__ import annotations

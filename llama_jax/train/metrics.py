@@ -109,7 +109,6 @@ class MetricWriter:
         self.path = Path(workdir) / "metrics.jsonl"
         self.enabled = enabled
         self._tb: SummaryWriter | None = None
-        self._hparams_written = False
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if tensorboard:
@@ -176,14 +175,14 @@ class MetricWriter:
         writer.add_summary(experiment, global_step=int(step))
         writer.add_summary(session_start, global_step=int(step))
         self._tb.flush()
-        self._hparams_written = True
 
     def close(self) -> None:
-        """Flush and close the TensorBoard file (ending the hparams session)."""
+        """Flush and close the TensorBoard file.
+
+        (No hparams session-end record: tensorboardX's says 'success' even for
+        a run that stopped on a NaN; TensorBoard shows the status as unknown.)
+        """
         if self._tb is not None:
-            if self._hparams_written:
-                _, _, session_end = hparams_summaries({}, {})
-                self._tb.file_writer.add_summary(session_end)
             self._tb.close()
             self._tb = None
 
