@@ -109,7 +109,7 @@ def test_same_seed_same_config_same_losses(root, reference, cache_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(wd) == ref  # bitwise: floats parsed from the same JSON text
     # The tqdm bar ('\r' redraws; text mode turns them into newlines): count, ETA, rate, text.
-    assert re.search(rf"100%\|#+\| {STEPS}/{STEPS} \[[0-9:]+<00:00, [0-9.]+step/s, loss [0-9]",
+    assert re.search(rf"100%\|[^|]+\| {STEPS}/{STEPS} \[[0-9:]+<00:00, +[0-9.]+step/s, loss [0-9]",
                      proc.stderr), proc.stderr[-2000:]
     recs = metrics.read_metrics(wd)
     evals = [r for r in recs if "eval_loss/code" in r]

@@ -254,7 +254,8 @@ class _Logger:
             text += " | held-out " + " ".join(f"{k} {v:.3f}" for k, v in evals.items())
         self.bar.update(step, text)
         if not self.bar.enabled or evals:
-            logging.info("step %d/%d: %s", step, self.total, text)
+            with self.bar.suspended():  # The log line on a line of its own.
+                logging.info("step %d/%d: %s", step, self.total, text)
 
     def close(self) -> None:
         self.bar.close()

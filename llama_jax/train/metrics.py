@@ -20,12 +20,13 @@ reported where the peak is unknown (CPU, unlisted devices).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -240,6 +241,15 @@ class ProgressBar:
                              dynamic_ncols=True, mininterval=0.0, leave=True)
         self._bar.set_postfix_str(text, refresh=False)
         self._bar.update(step - self._bar.n)
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Clear the bar while the body writes to the stream, then redraw it."""
+        if self._bar is None:
+            yield
+            return
+        with tqdm.external_write_mode(file=self.stream):
+            yield
 
     def close(self) -> None:
         """End the bar's line."""
