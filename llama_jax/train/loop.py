@@ -17,7 +17,8 @@ step's loss and gradient norm (one step behind the device, and before every
 save, so no checkpoint holds a state that produced a NaN) and raises
 `NonFiniteLossError` naming the last good checkpoint; with ``'skip'`` the
 optimizer drops non-finite updates on device (`optax.apply_if_finite`) and the
-loop stops only after ``train.max_consecutive_skips`` in a row.
+loop stops only after ``train.max_consecutive_skips`` in a row. Both the
+one-step-behind fetch and this policy are `step_metrics.StepMetrics`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -42,7 +42,7 @@ from llama_jax import sharding as shd
 from llama_jax.convert.workdir import checkpoint_dir
 from llama_jax.data.stats import SourceStats
 from llama_jax.distributed import PreemptionHandler
-from llama_jax.errors import ConfigError, NonFiniteLossError
+from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.train import checkpoint as ckpt_lib
 from llama_jax.train import config as config_base
@@ -55,6 +55,7 @@ from llama_jax.train.step import (
     make_eval_step,
     make_train_step,
 )
+from llama_jax.train.step_metrics import StepMetrics
 
 
 @dataclasses.dataclass
@@ -164,7 +165,10 @@ class _Logger:
         o = config.optimizer
         self.lr = lambda count: optim.lr_at(count, o.lr, o.warmup_steps, t.steps, o.min_lr_ratio)
         main = jax.process_index() == 0
-        self.writer = metrics.MetricWriter(workdir, tensorboard=t.tensorboard, enabled=main)
+        # A resumed run's TensorBoard hides the events after `start` that the
+        # JSONL drops below (they are recomputed).
+        self.writer = metrics.MetricWriter(workdir, tensorboard=t.tensorboard, enabled=main,
+                                           purge_step=start + 1 if start else None)
         dropped = self.writer.truncate_after(start)
         if dropped:
             logging.info("metrics.jsonl: dropped %d records after step %d (recomputed)",
@@ -250,7 +254,8 @@ class _Logger:
             text += " | held-out " + " ".join(f"{k} {v:.3f}" for k, v in evals.items())
         self.bar.update(step, text)
         if not self.bar.enabled or evals:
-            logging.info("step %d/%d: %s", step, self.total, text)
+            with self.bar.suspended():  # The log line on a line of its own.
+                logging.info("step %d/%d: %s", step, self.total, text)
 
     def close(self) -> None:
         self.bar.close()
@@ -343,6 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     eval_step = make_eval_step(mcfg, mesh, rules, shardings.params)
     log = _Logger(config, mcfg, workdir, start)
     config_json = _config_json(config)
+    log.writer.write_run_config(config_json, step=start, metric_tags=(
+        "loss", "loss_mean", *(f"eval_loss/{name}" for name in data.eval_batches)))
 
     def save(step: int, force: bool) -> None:
         stats.sync(gather)
@@ -355,39 +362,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                              force=force):
             logging.info("checkpoint: saving step %d", step)
 
-    pending: tuple[int, dict, dict | None] | None = None
-    skips = 0
-    last_loss: float | None = None
+    def last_good() -> tuple[int | None, str]:
+        checkpointer.wait()  # An in-flight save may be the last good one.
+        return checkpointer.latest_step(), str(checkpointer.directory)
+
+    tracker = StepMetrics(on_nonfinite=t.on_nonfinite, max_consecutive_skips=t.max_consecutive_skips,
+                          record=log.step_done, last_good=last_good)
     eval_losses: dict[str, float] = {}
     status = "completed"
-
-    def settle(p: tuple[int, dict, dict | None], hold: bool = False) -> None:
-        """Fetch a finished step's metrics; stop on non-finite values."""
-        nonlocal skips, last_loss
-        step, dev, data_stats = p
-        host = {k: float(v) for k, v in jax.device_get(dev).items()}
-        finite = math.isfinite(host["loss"]) and math.isfinite(host["grad_norm"])
-        if not finite:
-            if skip:
-                skips += 1
-                logging.warning("step %d: non-finite loss or gradient (loss %s, gradient norm %s): "
-                                "update skipped (%d in a row)", step, host["loss"],
-                                host["grad_norm"], skips)
-                if skips <= t.max_consecutive_skips:
-                    log.step_done(step, host, data_stats, hold)
-                    return
-            checkpointer.wait()
-            good = checkpointer.latest_step()
-            raise NonFiniteLossError(
-                f"step {step}: loss {host['loss']}, gradient norm {host['grad_norm']} "
-                f"({'after ' + str(skips) + ' skipped updates in a row' if skip else 'non-finite'})."
-                f" Stopped without saving this state; the last good checkpoint is "
-                f"{'step ' + str(good) if good is not None else 'none'} in "
-                f"{checkpointer.directory}. Lower optimizer.lr, raise optimizer.warmup_steps, "
-                "or set train.on_nonfinite='skip' to drop such updates.")
-        skips = 0
-        last_loss = host["loss"]
-        log.step_done(step, host, data_stats, hold)
 
     preempt = PreemptionHandler()
     try:
@@ -398,20 +380,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 batch = global_batch(mesh, {k: local[k] for k in data.batch_keys}, rules)
                 state, dev_metrics = train_step(state, batch)
                 step = i + 1
-                if pending is not None:
-                    settle(pending)
+                tracker.settle()  # The previous step's, while this one runs.
                 data_stats = None
                 if log.due(step):
                     stats.sync(gather)
                     data_stats = stats.scalars()
-                pending = (step, dev_metrics, data_stats)
+                tracker.defer(step, dev_metrics, data_stats)
                 stopping = preempt.reached(step)
                 final = step == t.steps
                 due_eval = bool(data.eval_batches) and (
                     final or (t.eval_every > 0 and step % t.eval_every == 0))
                 if stopping or final or checkpointer.should_save(step) or due_eval:
-                    settle(pending, hold=due_eval)  # Never save or evaluate an unchecked state.
-                    pending = None
+                    tracker.settle(hold=due_eval)  # Never save or evaluate an unchecked state.
                 if due_eval:
                     t_eval = time.perf_counter()
                     eval_losses = _evaluate(eval_step, state.params, data, mesh, rules)
@@ -423,13 +403,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     logging.warning("%s received: saved step %d; exiting cleanly",
                                     preempt.signal_name or "preemption", step)
                     break
-            if pending is not None:
-                settle(pending)
+            tracker.settle()
     finally:
         checkpointer.close()
         log.close()
     end = int(jax.device_get(state.step)) if status != "completed" else t.steps
-    return TrainResult(status, start, end, last_loss, eval_losses, time.perf_counter() - t0)
+    return TrainResult(status, start, end, tracker.last_loss, eval_losses, time.perf_counter() - t0)
 
 
 def _keep_tokenizer(tok_path: str, workdir: str) -> None:

@@ -1,4 +1,4 @@
-"""Training metrics: model FLOPs and MFU, JSONL + TensorBoard, a progress bar.
+"""Training metrics: model FLOPs and MFU, JSONL + TensorBoard (tensorboardX), a tqdm bar.
 
 FLOPs per trained token (forward + backward), the PaLM-style count::
 
@@ -20,19 +20,23 @@ reported where the peak is unknown (CPU, unlisted devices).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import flax.linen as nn
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summaries
+from tqdm import tqdm
 
-from llama_jax.event_file import EventFileWriter
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import abstract_params
 
@@ -96,18 +100,29 @@ def mfu(tokens_per_second: float, flops_per_tok: float, n_devices: int,
 class MetricWriter:
     """One JSON object per logged step in ``WORKDIR/metrics.jsonl``, plus TensorBoard.
 
-    Only the main process writes (`enabled`). TensorBoard event files go to
-    ``WORKDIR/tensorboard`` (`llama_jax.event_file`, no TensorFlow needed).
+    Only the main process writes (`enabled`). TensorBoard events go to
+    ``WORKDIR/tensorboard`` through `tensorboardX.SummaryWriter`: every numeric
+    value of a record as a scalar at its step, and once per run
+    (`write_run_config`) the run config as text and its scalar-typed values as
+    hparams. `purge_step` (a resumed run's first step) tells TensorBoard to drop
+    the earlier run's events from that step on, as `truncate_after` does for
+    the JSONL.
     """
 
-    def __init__(self, workdir: str | Path, *, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, workdir: str | Path, *, tensorboard: bool = True, enabled: bool = True,
+                 purge_step: int | None = None):
         self.path = Path(workdir) / "metrics.jsonl"
         self.enabled = enabled
-        self._tb = None
+        self._tb: SummaryWriter | None = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if tensorboard:
-                self._tb = EventFileWriter(Path(workdir) / "tensorboard")
+                # tensorboardX names files by the second and opens them with 'wb':
+                # a suffix in nanoseconds keeps a quick restart from overwriting
+                # the previous file, and the files in the order they were written.
+                self._tb = SummaryWriter(logdir=str(Path(workdir) / "tensorboard"),
+                                         purge_step=purge_step,
+                                         filename_suffix=f".{time.time_ns():020d}.{os.getpid()}")
 
     def truncate_after(self, step: int) -> int:
         """Drop records with step > `step` (a resumed run recomputes them).
@@ -144,14 +159,50 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            self._tb.scalars(step, {k: v for k, v in record.items()
-                                    if k != "step" and isinstance(v, int | float)
-                                    and not isinstance(v, bool)})
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, float(v), global_step=int(step))
             self._tb.flush()
 
+    def write_run_config(self, config: Mapping[str, Any], step: int = 0,
+                         metric_tags: Iterable[str] = ("loss", "loss_mean")) -> None:
+        """The run config (a JSON-able mapping) to TensorBoard: as text, and its
+        scalar-typed values (bool, int, float, str; dotted keys) as hparams with
+        `metric_tags` as the hparams table's metric columns."""
+        if self._tb is None:
+            return
+        text = json.dumps(config, indent=2, sort_keys=True, default=str)
+        self._tb.add_text("config", "".join("    " + line + "\n" for line in text.splitlines()),
+                          global_step=int(step))  # Indented: a markdown code block.
+        experiment, session_start, _ = hparams_summaries(scalar_hparams(config),
+                                                          dict.fromkeys(metric_tags, 0.0))
+        writer = self._tb.file_writer  # The run's own file: no hparams sub-run.
+        writer.add_summary(experiment, global_step=int(step))
+        writer.add_summary(session_start, global_step=int(step))
+        self._tb.flush()
+
     def close(self) -> None:
+        """Flush and close the TensorBoard file.
+
+        (No hparams session-end record: tensorboardX's says 'success' even for
+        a run that stopped on a NaN; TensorBoard shows the status as unknown.)
+        """
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+
+
+def scalar_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """The bool / int / float / str leaves of a nested mapping, by dotted key
+    (lists, tuples and None are left out: TensorBoard's hparams take scalars)."""
+    out: dict[str, bool | int | float | str] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(scalar_hparams(v, key + "."))
+        elif isinstance(v, bool | int | float | str):
+            out[key] = v
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -170,54 +221,42 @@ def read_metrics(path: str | Path) -> list[dict]:
     return out
 
 
-def format_duration(seconds: float) -> str:
-    """'1:02:03' / '2:03' from seconds."""
-    seconds = max(int(seconds), 0)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 class ProgressBar:
-    """A one-line progress bar with ETA, redrawn in place on a terminal.
+    """The training loop's `tqdm` bar: step count, rate, ETA and the logged text.
 
     `mode`: 'bar' always draws, 'log' never does, 'auto' draws when `stream`
-    is a TTY. The ETA uses the step rate since the first update (so the
-    compilation before it is not extrapolated).
+    is a TTY. The bar starts at the first update, so its rate and ETA leave
+    out the compilation before it.
     """
 
     def __init__(self, total: int, start: int = 0, *, mode: str = "auto",
-                 stream: TextIO | None = None, width: int = 24):
+                 stream: TextIO | None = None):
         self.stream = stream or sys.stderr
         self.enabled = mode == "bar" or (mode == "auto" and self.stream.isatty())
-        self.total, self.start, self.width = total, start, width
-        self._t0: float | None = None
-        self._s0 = start
-        self._drawn = False
-
-    def eta(self, step: int, now: float | None = None) -> float | None:
-        now = time.perf_counter() if now is None else now
-        if self._t0 is None or step <= self._s0:
-            return None
-        rate = (step - self._s0) / max(now - self._t0, 1e-9)
-        return (self.total - step) / rate
+        self.total, self.start = total, start
+        self._bar: tqdm | None = None
 
     def update(self, step: int, text: str = "") -> None:
-        if self._t0 is None:
-            self._t0, self._s0 = time.perf_counter(), step
+        """Move the bar to `step` (the count of finished steps) and show `text`."""
         if not self.enabled:
             return
-        frac = step / max(self.total, 1)
-        filled = int(self.width * frac)
-        eta = self.eta(step)
-        eta_text = format_duration(eta) if eta is not None else "?"
-        line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] {step}/{self.total} "
-                f"{100 * frac:5.1f}% {text} ETA {eta_text}")
-        self.stream.write(line + "\x1b[K")
-        self.stream.flush()
-        self._drawn = True
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, initial=step, file=self.stream, unit="step",
+                             dynamic_ncols=True, mininterval=0.0, leave=True)
+        self._bar.set_postfix_str(text, refresh=False)
+        self._bar.update(step - self._bar.n)
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Clear the bar while the body writes to the stream, then redraw it."""
+        if self._bar is None:
+            yield
+            return
+        with tqdm.external_write_mode(file=self.stream):
+            yield
 
     def close(self) -> None:
-        if self.enabled and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        """End the bar's line."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
