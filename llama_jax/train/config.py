@@ -135,6 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
 def paper_config(preset: str, *, lr: float, train_tokens: float) -> ml_collections.ConfigDict:
     """A Table 2 run: `preset`'s shape, peak `lr`, `train_tokens` tokens.
 
+    ``configs/llama.py:SIZE`` calls it with Table 2's values per size
+    (``--config=configs/llama.py:7b``, ``:13b``, ``:33b``, ``:65b``).
+
     4M-token batches of 2048 x 2048, steps = tokens / 4M (rounded up),
     2,000 warm-up steps, cosine to 10%, AdamW(0.9, 0.95), wd 0.1, clip 1.0,
     bf16 compute with f32 master weights, remat that saves linear outputs,

@@ -9,8 +9,8 @@ Two ways to name the data:
   per source: tokens, mean negative log-likelihood per token, perplexity,
   bits per byte.
 * a corpus (option ``perplexity_corpus``: "embedded" for the default root of
-  `llama_jax.data.corpus`, a corpus root, or a training config file whose
-  ``data`` section names the sources) or explicit ``perplexity_sources``
+  `llama_jax.data.corpus`, a corpus root, or a training config file
+  ``path.py[:arg]`` whose ``data`` section names the sources) or explicit ``perplexity_sources``
   (`SourceSpec`s): each source's held-out split, packed into rows exactly as
   training's held-out loss is (`llama_jax.data.mixture.make_eval_batches`).
 """
@@ -27,6 +27,7 @@ from llama_jax.data.mixture import make_eval_batches
 from llama_jax.eval.tasks import readers
 from llama_jax.eval.tasks.base import EvalContext, Task
 from llama_jax.eval.tasks.readers import DataError, get_field
+from llama_jax.train.config_file import load_config_file
 from llama_jax.train.data import source_specs
 
 PERPLEXITY_FORMAT = ("text sources in <data_dir>/perplexity/: *.jsonl files (one document per "
@@ -69,16 +70,9 @@ def _summary(logprob: float, tokens: int, num_bytes: int | None) -> dict[str, An
     return out
 
 
-def _config_file_specs(path: str, vocab_size: int):
-    """The data sources of a training config file (``get_config()``'s ``data``)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_perplexity_config", path)
-    if spec is None or spec.loader is None:
-        raise DataError(f"perplexity: cannot load the config file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return source_specs(module.get_config().data, vocab_size)[0]
+def _config_file_specs(spec: str, vocab_size: int):
+    """The data sources of a training config file ``path.py[:arg]`` (its ``data``)."""
+    return source_specs(load_config_file(spec).data, vocab_size)[0]
 
 
 def _corpus_specs(ctx: EvalContext):
@@ -89,9 +83,10 @@ def _corpus_specs(ctx: EvalContext):
     corpus = ctx.options.get("perplexity_corpus")
     if not corpus:
         return None
-    if corpus.endswith(".py"):
-        if not os.path.isfile(corpus):
-            raise DataError(f"perplexity: config file {corpus} does not exist")
+    path = corpus.partition(":")[0]
+    if path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise DataError(f"perplexity: config file {path} does not exist")
         return _config_file_specs(corpus, ctx.tokenizer.vocab_size)
     root = None if corpus == "embedded" else corpus
     return list(corpus_lib.ensure_corpus(root).sources)
