@@ -19,6 +19,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from llama_jax.cli import run_cli
 from llama_jax.png import GLYPH_H, Canvas
 from llama_jax.train.metrics import read_metrics
 
@@ -140,6 +141,7 @@ flags.DEFINE_string("title", "", "Title above the plot.")
 
 
 def main(argv: Sequence[str]) -> None:
+    """Plot each WORKDIR's metrics into --out (errors: `llama_jax.cli`, exit 2)."""
     workdirs = argv[1:]
     if not workdirs:
         raise app.UsageError("usage: python -m llama_jax.plot WORKDIR [WORKDIR ...] --out loss.png")
@@ -158,4 +160,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

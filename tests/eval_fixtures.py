@@ -6,7 +6,7 @@ import json
 import pytest
 
 from llama_jax.eval.scoring import LoglikelihoodResult
-from llama_jax.eval.tasks import EvalContext
+from llama_jax.eval.tasks import EvalContext, EvalOptions
 
 
 class ByteTokenizer:
@@ -69,7 +69,7 @@ class FakeGenerator:
 
 def _ctx(scorer=None, generator=None, **options):
     return EvalContext(tokenizer=TOK, make_scorer=lambda: scorer,
-                       make_generator=lambda: generator, options=options)
+                       make_generator=lambda: generator, options=EvalOptions(**options))
 
 
 def _jsonl(path, records):

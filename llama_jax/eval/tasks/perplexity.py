@@ -77,10 +77,10 @@ def _config_file_specs(spec: str, vocab_size: int):
 
 def _corpus_specs(ctx: EvalContext):
     """SourceSpecs from options: explicit sources, a config file, a corpus root."""
-    specs = ctx.options.get("perplexity_sources")
+    specs = ctx.options.perplexity_sources
     if specs:
         return list(specs)
-    corpus = ctx.options.get("perplexity_corpus")
+    corpus = ctx.options.perplexity_corpus
     if not corpus:
         return None
     path = corpus.partition(":")[0]
@@ -99,7 +99,7 @@ def run_perplexity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int
     total_lp, total_tok = 0.0, 0
     specs = _corpus_specs(ctx)
     if specs is not None:
-        seq_len = int(ctx.option("perplexity_seq_len", scorer.max_len))
+        seq_len = ctx.options.perplexity_seq_len or scorer.max_len
         for i, spec in enumerate(specs):
             batches = make_eval_batches(spec, ctx.tokenizer, seq_len=seq_len,
                                         batch_size=scorer.batch_size,
