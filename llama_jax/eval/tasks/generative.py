@@ -44,7 +44,8 @@ def run_generation(ctx: EvalContext, prompts: list[str], *, max_new_tokens: int,
         logging.warning("max_new_tokens %d capped at %d (half of max_seq_len)", max_new, cap)
         max_new = cap
     return generate_text(generator, ctx.tokenizer, prompts, max_new_tokens=max_new,
-                         sampling=sampling, num_samples=num_samples, stop=stop, seed=ctx.seed)
+                         sampling=sampling, num_samples=num_samples, stop=stop, seed=ctx.seed,
+                         progress=ctx.progress, desc=ctx.label or "generating")
 
 
 # ----- closed-book QA ----------------------------------------------------------

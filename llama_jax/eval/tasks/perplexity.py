@@ -22,6 +22,8 @@ import math
 import os
 from typing import Any
 
+from tqdm import tqdm
+
 from llama_jax.data import corpus as corpus_lib
 from llama_jax.data.mixture import make_eval_batches
 from llama_jax.eval.tasks import readers
@@ -106,16 +108,20 @@ def run_perplexity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int
                                         max_batches=limit if limit and limit > 0 else None,
                                         source_id=i)
             lp, n = 0.0, 0
-            for batch in batches:
+            name = spec["name"] if isinstance(spec, dict) else spec.name
+            for batch in tqdm(batches, desc=f"{ctx.label or 'perplexity'} {name}", unit="batch",
+                              dynamic_ncols=True,
+                              disable=None if ctx.progress is None else not ctx.progress):
                 b_lp, b_n = scorer.packed_loglikelihood(batch)
                 lp, n = lp + b_lp, n + b_n
-            name = spec["name"] if isinstance(spec, dict) else spec.name
             per_source[name] = _summary(lp, n, None)
             total_lp, total_tok = total_lp + lp, total_tok + n
     else:
         for name, docs in _file_sources(data_dir, limit).items():
             ids = [ctx.tokenizer.encode(d, bos=False, eos=False) for d in docs]
-            scores = scorer.loglikelihood_rolling([x for x in ids if x], ctx.tokenizer.bos_id)
+            scores = scorer.loglikelihood_rolling([x for x in ids if x], ctx.tokenizer.bos_id,
+                                                  progress=ctx.progress,
+                                                  desc=f"{ctx.label or 'perplexity'} {name}")
             lp = sum(s[0] for s in scores)
             n = sum(s[1] for s in scores)
             per_source[name] = _summary(lp, n, sum(len(d.encode("utf-8")) for d in docs))
