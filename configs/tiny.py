@@ -15,11 +15,15 @@ whole run would be warm-up. Small batches (8 x 128 tokens) give more updates
 for the same CPU time, which is what a few minutes of training needs most.
 """
 
+from llama_jax.errors import ConfigError
 from llama_jax.train.config import base_config
 
 
-def get_config():
-    """The tiny CPU run."""
+def get_config(arg=None):
+    """The tiny CPU run (it takes no argument: ``--config=configs/tiny.py``)."""
+    if arg:
+        raise ConfigError(f"configs/tiny.py takes no argument, got {arg!r}; "
+                          "use --config=configs/tiny.py")
     c = base_config()
     c.model.preset = "tiny"
     c.model.dtype = "float32"  # bf16 matmuls are slow on CPU.

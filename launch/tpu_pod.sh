@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TPU pod launcher: the same command on every worker of a TPU VM slice.
 #
-#   bash launch/tpu_pod.sh TPU_NAME ZONE configs/llama_7b.py /mnt/gcs/runs/llama_7b \
+#   bash launch/tpu_pod.sh TPU_NAME ZONE configs/llama.py:7b /mnt/gcs/runs/llama_7b \
 #       --config.data.root=/mnt/data/llama_mixture
 #
 # The data root (on every worker) holds one JSONL folder per Table 1 source and

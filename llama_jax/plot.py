@@ -26,7 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from llama_jax.errors import EXIT_USER_ERROR, DataError, LlamaJaxError
+from llama_jax.cli import run_cli
+from llama_jax.errors import DataError
 from llama_jax.train.metrics import read_metrics
 
 LOG_X_SPAN = 30.0  # max / min logged tokens above which the tokens axis is log-scaled
@@ -168,7 +169,7 @@ flags.DEFINE_string("title", None, "Title above the plot (default: '<run names>:
 
 
 def main(argv: Sequence[str]) -> None:
-    """CLI: one PNG from one or more workdirs."""
+    """Plot each WORKDIR's metrics into --out (errors: `llama_jax.cli`, exit 2)."""
     workdirs = argv[1:]
     if not workdirs:
         raise app.UsageError("usage: python -m llama_jax.plot WORKDIR [WORKDIR ...] [--out=loss.png]")
@@ -177,14 +178,10 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"--labels has {len(labels)} names for {len(workdirs)} workdirs")
     if not 0.0 <= FLAGS.smooth < 1.0:
         raise app.UsageError(f"--smooth={FLAGS.smooth} must be in [0, 1)")
-    try:
-        runs = [load_run(w, label, FLAGS.smooth) for w, label in zip(workdirs, labels, strict=True)]
-        path = draw_runs(runs, FLAGS.out, title=FLAGS.title)
-    except LlamaJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    runs = [load_run(w, label, FLAGS.smooth) for w, label in zip(workdirs, labels, strict=True)]
+    path = draw_runs(runs, FLAGS.out, title=FLAGS.title)
     print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from llama_jax.eval.scoring import LoglikelihoodResult
-from llama_jax.eval.tasks import EvalContext
+from llama_jax.eval.tasks import EvalContext, EvalOptions
 
 
 class ByteTokenizer:
@@ -31,7 +31,8 @@ class FakeScorer:
         self.rule = rule
         self.requests = []
 
-    def loglikelihood(self, requests):
+    def loglikelihood(self, requests, *, progress=None, desc=""):
+        assert progress is None  # tasks pass the context's setting (auto: None)
         out = []
         for ctx, cont in requests:
             assert ctx[0] == TOK.bos_id  # contexts start with BOS
@@ -57,7 +58,8 @@ class FakeGenerator:
         self.prompts = []
 
     def generate_tokens(self, prompts, *, max_new_tokens, sampling, num_samples, eos_id, seed,
-                        is_finished=None):
+                        is_finished=None, progress=None, desc=""):
+        assert progress is None
         outs = []
         for p in prompts:
             text = TOK.decode(p)
@@ -69,7 +71,7 @@ class FakeGenerator:
 
 def _ctx(scorer=None, generator=None, **options):
     return EvalContext(tokenizer=TOK, make_scorer=lambda: scorer,
-                       make_generator=lambda: generator, options=options)
+                       make_generator=lambda: generator, options=EvalOptions(**options))
 
 
 def _jsonl(path, records):

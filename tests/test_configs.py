@@ -13,15 +13,20 @@ from llama_jax.train import check_overrides, load_config_file
 from llama_jax.train import config as config_base
 from llama_jax.train import loop as trainer
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.py"))
+PAPER = str(CONFIG_DIR / "llama.py")
 
-# Table 2 (lr, training tokens) and the shapes of Table 2.
+# Table 2 (lr, training tokens) and the shapes of Table 2, by configs/llama.py's argument.
 TABLE2 = {
-    "llama_7b": dict(lr=3.0e-4, tokens=1.0e12, dim=4096, n_heads=32, n_layers=32),
-    "llama_13b": dict(lr=3.0e-4, tokens=1.0e12, dim=5120, n_heads=40, n_layers=40),
-    "llama_33b": dict(lr=1.5e-4, tokens=1.4e12, dim=6656, n_heads=52, n_layers=60),
-    "llama_65b": dict(lr=1.5e-4, tokens=1.4e12, dim=8192, n_heads=64, n_layers=80),
+    "7b": dict(lr=3.0e-4, tokens=1.0e12, dim=4096, n_heads=32, n_layers=32),
+    "13b": dict(lr=3.0e-4, tokens=1.0e12, dim=5120, n_heads=40, n_layers=40),
+    "33b": dict(lr=1.5e-4, tokens=1.4e12, dim=6656, n_heads=52, n_layers=60),
+    "65b": dict(lr=1.5e-4, tokens=1.4e12, dim=8192, n_heads=64, n_layers=80),
 }
+# Every config file with its arguments: (path, arg or None).
+CONFIG_SPECS = [(p, arg) for p in CONFIGS
+                for arg in (sorted(TABLE2) if p.stem == "llama" else [None])]
 TABLE1 = {"commoncrawl": 67.0, "c4": 15.0, "github": 4.5, "wikipedia": 4.5, "books": 4.5,
           "arxiv": 2.5, "stackexchange": 2.0}
 
@@ -37,25 +42,44 @@ def _parse(argv):
 
 
 def test_config_files_exist():
-    assert {p.stem for p in CONFIGS} >= {"tiny", *TABLE2}
+    assert {p.stem for p in CONFIGS} == {"tiny", "llama"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_loads_locked_and_validates(path):
-    config = _parse([f"--config={path}"])
+@pytest.mark.parametrize("path,arg", CONFIG_SPECS,
+                         ids=lambda v: v.stem if isinstance(v, Path) else str(v))
+def test_every_config_loads_locked_and_validates(path, arg):
+    spec = f"{path}:{arg}" if arg else str(path)
+    config = _parse([f"--config={spec}"])
     assert isinstance(config, ml_collections.ConfigDict) and config.is_locked
     mcfg = config_base.validate(config)
     assert mcfg.max_seq_len >= config.train.seq_len
-    assert load_config_file(str(path)).to_dict() == config.to_dict()  # without flags too
+    assert load_config_file(spec).to_dict() == config.to_dict()  # without flags too
     text = path.read_text()
-    assert "python -m llama_jax.train --config=configs/" + path.name in text  # the command
+    command = f"configs/{path.name}:{arg}" if arg else f"configs/{path.name}"
+    if arg in (None, "7b"):  # the docstring shows the command (for llama.py, its 7B form)
+        assert f"python -m llama_jax.train --config={command} " in text
 
 
-@pytest.mark.parametrize("name", sorted(TABLE2))
-def test_paper_configs_carry_table2(name):
-    config = load_config_file(str(Path(CONFIGS[0]).parent / f"{name}.py"))
-    want = TABLE2[name]
+@pytest.mark.parametrize("arg", ["", "8b", "llama_7b"])
+def test_paper_config_names_the_sizes_for_a_missing_or_unknown_size(arg):
+    spec = f"{PAPER}:{arg}" if arg else PAPER
+    with pytest.raises(ConfigError, match=r"7b, 13b, 33b, 65b"):
+        load_config_file(spec)
+    with pytest.raises(flags.IllegalFlagValueError, match=r"7b, 13b, 33b, 65b"):
+        _parse([f"--config={spec}"])
+
+
+def test_tiny_rejects_an_argument():
+    with pytest.raises(ConfigError, match=r"configs/tiny.py takes no argument, got '7b'"):
+        load_config_file(f"{CONFIG_DIR / 'tiny.py'}:7b")
+
+
+@pytest.mark.parametrize("size", sorted(TABLE2))
+def test_paper_configs_carry_table2(size):
+    config = load_config_file(f"{PAPER}:{size}")
+    want = TABLE2[size]
     mcfg = config_base.validate(config)
+    assert config.model.preset == f"llama_{size}"
     assert (mcfg.dim, mcfg.n_heads, mcfg.n_layers) == (want["dim"], want["n_heads"], want["n_layers"])
     assert mcfg.vocab_size == 32000
     assert config.optimizer.lr == want["lr"]
@@ -73,7 +97,7 @@ def test_paper_configs_carry_table2(name):
 
 
 def test_tiny_is_the_embedded_cpu_default():
-    config = load_config_file(str(Path(CONFIGS[0]).parent / "tiny.py"))
+    config = load_config_file(str(CONFIG_DIR / "tiny.py"))
     mcfg = config_base.validate(config)
     assert config.model.preset == "tiny" and config.data.corpus == "embedded"
     assert mcfg.vocab_size == 4096 and mcfg.dtype == "float32"
@@ -81,7 +105,7 @@ def test_tiny_is_the_embedded_cpu_default():
 
 
 def test_overrides_apply_with_types():
-    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    tiny = str(CONFIG_DIR / "tiny.py")
     config = _parse([f"--config={tiny}", "--config.train.steps=5", "--config.model.dim=64",
                      "--config.mesh.data=2", "--config.optimizer.lr=1e-3",
                      "--config.checkpoint.async_save=false", "--config.model.remat_policy=full"])
@@ -91,7 +115,7 @@ def test_overrides_apply_with_types():
 
 
 def test_wrong_type_fails_in_flag_parsing():
-    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    tiny = str(CONFIG_DIR / "tiny.py")
     with pytest.raises(flags.IllegalFlagValueError, match="train.steps"):
         _parse([f"--config={tiny}", "--config.train.steps=abc"])
     with pytest.raises(flags.IllegalFlagValueError, match="model.dim"):
@@ -99,7 +123,7 @@ def test_wrong_type_fails_in_flag_parsing():
 
 
 def test_unknown_override_names_the_key_and_suggests():
-    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    tiny = str(CONFIG_DIR / "tiny.py")
     with pytest.raises(ConfigError, match=r"unknown config key 'train.stpes'.*did you mean 'train.steps'"):
         check_overrides(["prog", f"--config={tiny}", "--config.train.stpes=5"])
     with pytest.raises(ConfigError, match="no 'optimiser' in the config"):
@@ -124,7 +148,7 @@ def test_unknown_override_names_the_key_and_suggests():
     ("mesh.tensor", 0, "mesh.tensor"),
 ])
 def test_bad_values_fail_validation(key, value, match):
-    config = load_config_file(str(Path(CONFIGS[0]).parent / "tiny.py"))
+    config = load_config_file(str(CONFIG_DIR / "tiny.py"))
     section, name = key.split(".")
     config[section][name] = value
     with pytest.raises(ConfigError, match=match):
@@ -132,7 +156,7 @@ def test_bad_values_fail_validation(key, value, match):
 
 
 def test_rules_override_string_reaches_the_mesh():
-    config = load_config_file(str(Path(CONFIGS[0]).parent / "tiny.py"))
+    config = load_config_file(str(CONFIG_DIR / "tiny.py"))
     config.mesh.rules = "mlp=tensor+sequence, vocab="
     config_base.validate(config)
     _, rules = trainer.mesh_and_rules(config)
@@ -140,7 +164,7 @@ def test_rules_override_string_reaches_the_mesh():
 
 
 def test_mesh_dcn_loads_and_reaches_mesh_from_config(monkeypatch):
-    tiny = str(Path(CONFIGS[0]).parent / "tiny.py")
+    tiny = str(CONFIG_DIR / "tiny.py")
     config = _parse([f"--config={tiny}", "--config.mesh.dcn.fsdp=2", "--config.mesh.fsdp=4"])
     assert dict(config.mesh.dcn) == {"data": None, "fsdp": 2, "tensor": None, "sequence": None}
     config_base.validate(config)
@@ -179,14 +203,14 @@ def _paper_data(root: Path) -> None:
     train_tokenizer(texts, root / "tokenizer", 300, num_threads=1)
 
 
-@pytest.mark.parametrize("name", sorted(TABLE2))
-def test_paper_config_command_gets_past_data_setup(name, tmp_path):
+@pytest.mark.parametrize("size", sorted(TABLE2))
+def test_paper_config_command_gets_past_data_setup(size, tmp_path):
     """The documented command (only --config.data.root) with the model shrunk: the
     tokenizer defaults to ROOT/tokenizer.model and every Table 1 source is found."""
     from llama_jax.train.data import setup_data
 
     root = tmp_path / "mixture"
-    config = _parse([f"--config={Path(CONFIGS[0]).parent / f'{name}.py'}",
+    config = _parse([f"--config={PAPER}:{size}",
                      f"--config.data.root={root}", "--config.model.preset=tiny",
                      "--config.model.vocab_size=300", "--config.model.max_seq_len=64",
                      "--config.model.dtype=float32", "--config.train.seq_len=32",

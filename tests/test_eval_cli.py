@@ -18,7 +18,7 @@ from eval_fixtures import (
 )
 
 from llama_jax.eval import paper_results, report
-from llama_jax.eval.tasks import DataError, EvalContext, get_task, parse_task_list
+from llama_jax.eval.tasks import DataError, EvalContext, EvalOptions, get_task, parse_task_list
 
 
 # ----- data errors ---------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_perplexity_on_a_held_out_split_matches_a_direct_computation(tmp_path):
     params = init_params(cfg, jax.random.key(5))
     scorer = Scorer(cfg, params, batch_size=8, buckets=(64,))
     ctx = EvalContext(tokenizer=tok, make_scorer=lambda: scorer,
-                      options={"perplexity_sources": [spec]})
+                      options=EvalOptions(perplexity_sources=[spec]))
     res = get_task("perplexity").run(ctx, str(tmp_path), 0, 2)
     got = res["sources"]["json_src"]
 

@@ -1,5 +1,6 @@
-"""The benchmark tasks: published-format fixtures, harness prompts, selection rules."""
+"""The benchmark tasks: published-format fixtures, harness prompts, selection rules, options."""
 
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,8 @@ from eval_fixtures import (
     prefers,
 )
 
-from llama_jax.eval.tasks import get_task
+from llama_jax.errors import ConfigError
+from llama_jax.eval.tasks import EvalContext, EvalOptions, get_task
 from llama_jax.eval.tasks.mmlu import category_of
 from llama_jax.eval.tasks.multiple_choice import MCDoc, evaluate_multiple_choice
 
@@ -181,3 +183,47 @@ def test_mbpp_three_shot_prompt(data_dir):
     assert prompt.count("[DONE]") == 3 and prompt.endswith("[BEGIN]\n")
     assert [p["task_id"] for p in res["predictions"]] == [11, 12]
     assert res["pass@1"] == 0.5
+
+
+# ----- options -----------------------------------------------------------------------
+@pytest.mark.parametrize("name,value,match", [
+    ("gsm8k_samples", 0, r"gsm8k_samples=0 must be an integer >= 1 \(--gsm8k_samples\)"),
+    ("code_samples", -2, r"code_samples=-2 must be an integer >= 1"),
+    ("code_samples", 1.5, r"code_samples=1.5 must be an integer"),
+    ("sandbox_workers", 0, r"sandbox_workers=0 must be an integer >= 1"),
+    ("sandbox_timeout_s", 0.0, r"sandbox_timeout_s=0.0 must be > 0 seconds"),
+    ("sandbox_timeout_s", float("nan"), r"sandbox_timeout_s=nan must be > 0"),
+    ("gsm8k_temperature", -0.1, r"gsm8k_temperature=-0.1 must be >= 0"),
+    ("code_temperature", -1.0, r"code_temperature=-1.0 must be >= 0"),
+    ("max_gen_tokens", 0, r"max_gen_tokens=0 must be an integer >= 1"),
+    ("perplexity_seq_len", 1, r"perplexity_seq_len=1 must be >= 2"),
+])
+def test_eval_options_reject_bad_values(name, value, match):
+    with pytest.raises(ConfigError, match=match):
+        EvalOptions(**{name: value})
+
+
+def test_eval_options_are_typed_not_a_dict():
+    with pytest.raises(TypeError, match="gsm8k_sample"):  # a typo fails, not a silent default
+        EvalOptions(gsm8k_sample=4)
+    with pytest.raises(TypeError, match="must be an EvalOptions, got dict"):
+        EvalContext(tokenizer=None, options={"gsm8k_samples": 4})
+    opts = EvalOptions(max_gen_tokens=None, code_temperature=None, perplexity_sources=[{"a": 1}])
+    assert opts.perplexity_sources == ({"a": 1},)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.gsm8k_samples = 2
+
+
+def test_max_gen_tokens_and_qa_tokens_reach_the_generator(data_dir):
+    seen = []
+
+    class Recording(FakeGenerator):
+        def generate_tokens(self, prompts, *, max_new_tokens, **kw):
+            seen.append(max_new_tokens)
+            return super().generate_tokens(prompts, max_new_tokens=max_new_tokens, **kw)
+
+    gen = Recording(lambda p, s: " Paris")
+    get_task("naturalqs").run(_ctx(generator=gen), data_dir, 0, None)
+    get_task("naturalqs").run(_ctx(generator=gen, qa_max_new_tokens=7), data_dir, 0, None)
+    get_task("naturalqs").run(_ctx(generator=gen, max_gen_tokens=3), data_dir, 0, None)
+    assert seen == [32, 7, 3]

@@ -110,13 +110,13 @@ def test_slurm_script_checks_flags_and_runs_srun(tmp_path):
     log = _fake(bin_dir, "srun")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable,
                SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_ID="42", SLURM_JOB_NUM_NODES="2")
-    proc = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "configs/llama_7b.py", "/runs/7b",
+    proc = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "configs/llama.py:7b", "/runs/7b",
                            "--config.train.grad_accum_steps=4"], capture_output=True, text=True,
                           env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     args = log.read_text().splitlines()
     assert args[:2] == ["--kill-on-bad-exit=1", "--export=ALL"]
-    assert args[2:7] == [sys.executable, "-m", "llama_jax.train", "--config=configs/llama_7b.py",
+    assert args[2:7] == [sys.executable, "-m", "llama_jax.train", "--config=configs/llama.py:7b",
                          "--workdir=/runs/7b"]
     assert "--config.train.grad_accum_steps=4" in args
     assert "--xla_gpu_enable_latency_hiding_scheduler=true" in args[-1]
@@ -130,12 +130,12 @@ def test_tpu_pod_script_runs_on_all_workers(tmp_path):
     log = _fake(bin_dir, "gcloud")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SKIP_SYNC="1")
     proc = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "my-tpu", "us-central2-b",
-                           "configs/llama_7b.py", "/mnt/gcs/runs/7b", "--config.mesh.tensor=4"],
+                           "configs/llama.py:7b", "/mnt/gcs/runs/7b", "--config.mesh.tensor=4"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     args = log.read_text().splitlines()
     assert args[:5] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
     assert "--worker=all" in args and "--zone=us-central2-b" in args
     command = args[args.index("--command") + 1]
-    assert "python3 -m llama_jax.train --config=configs/llama_7b.py --workdir=/mnt/gcs/runs/7b" in command
+    assert "python3 -m llama_jax.train --config=configs/llama.py:7b --workdir=/mnt/gcs/runs/7b" in command
     assert "--config.mesh.tensor=4" in command and "--xla_tpu_enable_async_collective_fusion=true" in command

@@ -122,7 +122,7 @@ def test_cli_trains_from_folder_and_jsonl(tmp_path, capsys):
     assert "vocab_size=400" in capsys.readouterr().out
     cli_tok = Tokenizer.load(f"{out}.model")
     assert cli_tok.decode(cli_tok.encode(CODE)) == CODE
-    assert tokenizer_lib.main([f"--sources={tmp_path / 'nowhere'}", "--vocab_size=400", f"--out={out}"]) == 1
+    assert tokenizer_lib.main([f"--sources={tmp_path / 'nowhere'}", "--vocab_size=400", f"--out={out}"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

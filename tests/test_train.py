@@ -240,7 +240,7 @@ def test_cli_errors_are_clear(root, tmp_path):
     missing = subprocess.run(
         _cmd(root, tmp_path / "w", **{"data.tokenizer": str(tmp_path / "none.model")}),
         capture_output=True, text=True, timeout=300, cwd=th.REPO)
-    assert missing.returncode == 1
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "error: tokenizer" in missing.stderr and "none.model" in missing.stderr
 
 

@@ -10,15 +10,17 @@ The source layout is detected (see `llama_jax.convert.detect_format`).
 tokenizer (``--tokenizer``, else the one found with the source) is copied as
 ``tokenizer.model``; ``--dst_format=hf`` also writes the files
 ``transformers.AutoTokenizer`` reads, and ``generation_config.json``.
+Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags, a source
+that cannot be read, a non-empty --dst without --overwrite: one ``error: ...``
+line); 1 otherwise.
 """
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 
-from llama_jax.convert import FORMATS, ConversionError, convert_checkpoint
+from llama_jax.cli import run_cli
+from llama_jax.convert import FORMATS, convert_checkpoint
 from llama_jax.model.config import DTYPES
 
 _SRC = flags.DEFINE_string("src", None, "Source checkpoint directory (any layout).")
@@ -38,20 +40,22 @@ flags.mark_flags_as_required(["src", "dst", "dst_format"])
 
 
 def main(argv):
+    """Convert --src to --dst; errors go to `llama_jax.cli`'s one path (exit 2)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    try:
-        config = convert_checkpoint(_SRC.value, _DST.value, _DST_FORMAT.value, dtype=_DTYPE.value,
-                                    shards=_SHARDS.value, overwrite=_OVERWRITE.value,
-                                    tokenizer=_TOKENIZER.value, progress=_PROGRESS.value)
-    except ConversionError as e:  # A user-fixable problem: the message, not a traceback.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = convert_checkpoint(_SRC.value, _DST.value, _DST_FORMAT.value, dtype=_DTYPE.value,
+                                shards=_SHARDS.value, overwrite=_OVERWRITE.value,
+                                tokenizer=_TOKENIZER.value, progress=_PROGRESS.value)
     logging.info("wrote %s (%s, %s, %d shard(s)): %s", _DST.value, _DST_FORMAT.value,
                  config.param_dtype, _SHARDS.value, config)
     print(f"wrote {_DST.value} as {_DST_FORMAT.value} ({config.param_dtype})")
     return 0
 
 
+def run():
+    """Console entry point."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 
 from tqdm import tqdm
 
+from llama_jax.cli import handle_errors
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.sources import DataError, SourceSpec
 from llama_jax.data.tokenizer import Tokenizer, _atomic_write, train_tokenizer
@@ -262,8 +263,9 @@ def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, reb
     return _load(root, vocab_size)
 
 
+@handle_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: build the default corpus (once) and print a summary."""
+    """CLI: build the default corpus (once) and print a summary; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m llama_jax.data.corpus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="corpus folder (default $LLAMA_JAX_DATA or "
@@ -271,11 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vocab_size", type=int, default=None, help="tokenizer vocab (default: tiny preset, 4096)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even if present")
     args = parser.parse_args(argv)
-    try:
-        info = ensure_corpus(args.root, vocab_size=args.vocab_size, rebuild=args.rebuild)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    info = ensure_corpus(args.root, vocab_size=args.vocab_size, rebuild=args.rebuild)
     print(info.summary())
     return 0
 

@@ -31,7 +31,6 @@ process layout and `num_workers`.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import sys
 import zlib
@@ -40,6 +39,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import logging
 from grain.experimental import index_shuffle
 
 from llama_jax.data import sources as sources_lib

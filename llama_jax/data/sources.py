@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import logging
 import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from llama_jax.data.views import IndexView, shard, split_heldout
 from llama_jax.errors import DataError

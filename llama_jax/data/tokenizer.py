@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import sys
 import tempfile
@@ -29,8 +28,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from absl import logging
 from tqdm import tqdm
 
+from llama_jax.cli import handle_errors, user_errors
 from llama_jax.data import sources as sources_lib
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -314,8 +315,12 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise
 
 
+@handle_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: train a tokenizer from sources (paths, folders, globs, .jsonl, .array_record)."""
+    """CLI: train a tokenizer from sources (paths, folders, globs, .jsonl, .array_record).
+
+    Returns the exit status (`llama_jax.cli`: 2 for a missing or bad source).
+    """
     parser = argparse.ArgumentParser(prog="python -m llama_jax.data.tokenizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", required=True,
@@ -327,15 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_sentences", type=int, default=5_000_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.use_absl_handler()  # INFO lines (skipped documents, ...) on stderr
+    logging.set_verbosity(logging.INFO)
     start = time.perf_counter()
-    try:
+    with user_errors():  # a bad source, text or vocab size
         srcs = [sources_lib.build_source(sources_lib.source_from_arg(a, field=args.field))
                 for a in args.sources.split(",") if a]
-        tok = train_tokenizer(srcs, args.out, args.vocab_size, max_sentences=args.max_sentences, seed=args.seed)
-    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        tok = train_tokenizer(srcs, args.out, args.vocab_size, max_sentences=args.max_sentences,
+                              seed=args.seed)
     took = time.perf_counter() - start
     docs = sum(len(s) for s in srcs)
     print(f"trained {tok.path}: vocab_size={tok.vocab_size} from {docs} documents in {took:.1f}s")

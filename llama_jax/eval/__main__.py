@@ -10,23 +10,22 @@ published files (or a local TFDS array_record data set with the same records)
 from ``--data_dir/<task>/`` (see docs/eval.md). Writes the JSON
 results (rewritten after each task) and a markdown table beside the paper's
 numbers for the nearest LLaMA size (``--markdown``, default: output with .md).
+Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags, task list,
+mesh, checkpoint, tokenizer, data set: one ``error: ...`` line); 1 otherwise.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import app, flags, logging
 
+from llama_jax.cli import run_cli, user_errors
 from llama_jax.convert import from_pretrained
 from llama_jax.data.tokenizer import Tokenizer
-from llama_jax.errors import DataError
 from llama_jax.eval import paper_results, report
 from llama_jax.eval.runner import build_context, evaluate
-from llama_jax.eval.tasks import parse_task_list
+from llama_jax.eval.tasks import EvalOptions, parse_task_list
 from llama_jax.infer import placement
 from llama_jax.model import count_params
 
@@ -48,57 +47,55 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
 flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
                   "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_integer("seed", 0, "Seed for few-shot sampling and generation.")
-flags.DEFINE_integer("gsm8k_samples", 1, "k for GSM8K maj1@k (1: greedy; the paper: 100).")
-flags.DEFINE_float("gsm8k_temperature", 0.6, "Sampling temperature when gsm8k_samples > 1.")
-flags.DEFINE_integer("code_samples", 1, "Samples per HumanEval/MBPP problem (n of pass@k).")
-flags.DEFINE_float("code_temperature", None, "Code sampling temperature (default: greedy if n=1, else 0.1).")
-flags.DEFINE_integer("max_gen_tokens", None, "Override every generative task's max new tokens.")
-flags.DEFINE_integer("sandbox_workers", 4, "Generated programs run at once.")
-flags.DEFINE_float("sandbox_timeout_s", 10.0, "Wall-clock limit per generated program.")
-flags.DEFINE_string("perplexity_corpus", None,
+_OPT = EvalOptions()  # the flags' defaults are the options' own
+flags.DEFINE_integer("gsm8k_samples", _OPT.gsm8k_samples,
+                     "k for GSM8K maj1@k (1: greedy; the paper: 100).")
+flags.DEFINE_float("gsm8k_temperature", _OPT.gsm8k_temperature,
+                   "Sampling temperature when gsm8k_samples > 1.")
+flags.DEFINE_integer("code_samples", _OPT.code_samples,
+                     "Samples per HumanEval/MBPP problem (n of pass@k).")
+flags.DEFINE_float("code_temperature", _OPT.code_temperature,
+                   "Code sampling temperature (default: greedy if n=1, else 0.1).")
+flags.DEFINE_integer("max_gen_tokens", _OPT.max_gen_tokens,
+                     "Override every generative task's max new tokens.")
+flags.DEFINE_integer("sandbox_workers", _OPT.sandbox_workers, "Generated programs run at once.")
+flags.DEFINE_float("sandbox_timeout_s", _OPT.sandbox_timeout_s,
+                   "Wall-clock limit per generated program.")
+flags.DEFINE_string("perplexity_corpus", _OPT.perplexity_corpus,
                     "For the perplexity task: 'embedded', a corpus root or a training config "
-                    ".py file; scores that data's held-out split.")
+                    ".py file (path.py[:arg]); scores that data's held-out split.")
+_OPTION_FLAGS = ("gsm8k_samples", "gsm8k_temperature", "code_samples", "code_temperature",
+                 "max_gen_tokens", "sandbox_workers", "sandbox_timeout_s", "perplexity_corpus")
 flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSON.")
 
 
 def main(argv):
     """Parse flags, load the model, run the tasks, write JSON + markdown."""
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
     if not FLAGS["verbosity"].present:  # Quiet orbax/JAX INFO lines unless asked (-v 0).
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.set_verbosity(logging.WARNING)
     for name in ("checkpoint", "tasks"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    try:  # user errors: one line, exit status 2
-        specs = parse_task_list(FLAGS.tasks, FLAGS.num_fewshot)
+    specs = parse_task_list(FLAGS.tasks, FLAGS.num_fewshot)
+    options = EvalOptions(**{name: FLAGS[name].value for name in _OPTION_FLAGS})
+    with user_errors():
         mesh = placement.parse_mesh(FLAGS.mesh)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     needs_data = any(t.name != "perplexity" for t, _ in specs) or not FLAGS.perplexity_corpus
     if needs_data and not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (one folder of data files per task)")
     tok_path = FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model")
-    try:
+    with user_errors():  # a checkpoint or tokenizer that cannot be used
         tokenizer = Tokenizer.load(tok_path)
         overrides = {"attention_impl": FLAGS.attention_impl}
         if FLAGS.dtype:
             overrides["dtype"] = FLAGS.dtype
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
-                                                   config_overrides=overrides)
-    except (OSError, ValueError) as e:  # missing files, bad checkpoint (ConversionError)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+                                         config_overrides=overrides)
     num_params = count_params(config)
-    ctx = build_context(
-        config, params, tokenizer, mesh=mesh,
-        batch_size=FLAGS.batch_size, max_len=FLAGS.max_len, seed=FLAGS.seed,
-        options=dict(gsm8k_samples=FLAGS.gsm8k_samples, gsm8k_temperature=FLAGS.gsm8k_temperature,
-                     code_samples=FLAGS.code_samples, code_temperature=FLAGS.code_temperature,
-                     sandbox_workers=FLAGS.sandbox_workers, max_gen_tokens=FLAGS.max_gen_tokens,
-                     sandbox_timeout_s=FLAGS.sandbox_timeout_s,
-                     perplexity_corpus=FLAGS.perplexity_corpus))
+    ctx = build_context(config, params, tokenizer, mesh=mesh, batch_size=FLAGS.batch_size,
+                        max_len=FLAGS.max_len, seed=FLAGS.seed, options=options)
     del params  # the context holds the parameters on the mesh; free the host copy
     meta = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "tokenizer": os.path.abspath(tok_path),
             "num_params": num_params, "paper_size": paper_results.nearest_size(num_params),
@@ -110,12 +107,8 @@ def main(argv):
         with open(md_path, "w", encoding="utf-8") as f:
             f.write(report.markdown_table(results, num_params) + "\n")
 
-    try:
-        results = evaluate(ctx, specs, FLAGS.data_dir or "", limit=FLAGS.limit,
-                           keep_predictions=FLAGS.log_samples, on_result=save)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = evaluate(ctx, specs, FLAGS.data_dir or "", limit=FLAGS.limit,
+                       keep_predictions=FLAGS.log_samples, on_result=save)
     print(report.markdown_table(results, num_params))
     print(f"\nwrote {FLAGS.output} and {md_path}")
     return 0
@@ -123,7 +116,7 @@ def main(argv):
 
 def run():
     """Console entry point."""
-    app.run(main)
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -8,28 +8,31 @@ late keeps what it finished).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import logging
+
 from llama_jax import sharding
 from llama_jax.eval.scoring import Scorer
-from llama_jax.eval.tasks import EvalContext, Task
+from llama_jax.eval.tasks import EvalContext, EvalOptions, Task
 from llama_jax.infer import placement
 from llama_jax.infer.engine import Generator
-
-log = logging.getLogger(__name__)
 
 
 def build_context(config, params, tokenizer, *, mesh=None,
                   rules: sharding.Rules = sharding.DEFAULT_RULES, batch_size: int = 8,
                   max_len: int | None = None, seed: int = 0,
-                  options: dict[str, Any] | None = None) -> EvalContext:
+                  options: EvalOptions | None = None,
+                  progress: bool | None = None) -> EvalContext:
     """An `EvalContext` whose scorer / generator are built on first use.
 
     The parameters are placed on the mesh once, here; the scorer and the
-    generator share those device arrays (no second copy).
+    generator share those device arrays (no second copy). `options` are the
+    tasks' `EvalOptions` (default: all defaults); `progress` turns the
+    per-task progress bars on (True), off (False) or on when stderr is a
+    terminal (None).
     """
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
@@ -42,7 +45,8 @@ def build_context(config, params, tokenizer, *, mesh=None,
                                    batch_size=batch_size, max_len=max_len),
         make_generator=lambda: Generator(config, params, mesh=mesh, rules=rules,
                                          batch_size=batch_size),
-        seed=seed, options=dict(options or {}))
+        seed=seed, options=options if options is not None else EvalOptions(),
+        progress=progress)
 
 
 def result_key(task: Task, shots: int, specs: Sequence[tuple[Task, int]]) -> str:
@@ -58,14 +62,15 @@ def evaluate(ctx: EvalContext, specs: Sequence[tuple[Task, int]], data_dir: str,
     results: dict[str, Any] = {}
     for task, shots in specs:
         key = result_key(task, shots, specs)
-        log.info("task %s (%d-shot) ...", key, shots)
+        logging.info("task %s (%d-shot) ...", key, shots)
         start = time.perf_counter()
+        ctx.label = key  # names the task's progress bar
         res = task.run(ctx, data_dir, shots, limit)
         if not keep_predictions:
             res.pop("predictions", None)
         res.update(task=task.name, num_fewshot=shots, seconds=round(time.perf_counter() - start, 2))
         results[key] = res
-        log.info("task %s: %s=%s (%d examples, %.1fs)", key, res["primary_metric"],
+        logging.info("task %s: %s=%s (%d examples, %.1fs)", key, res["primary_metric"],
                  res.get(res["primary_metric"]), res.get("num_examples", 0), res["seconds"])
         if on_result is not None:
             on_result(results)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from llama_jax import sharding
 from llama_jax.infer import placement
@@ -117,13 +118,20 @@ class Scorer:
         return whole[:-1], whole[1:], len(continuation)
 
     def loglikelihood(
-        self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
+        self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+        progress: bool | None = None, desc: str = "scoring",
     ) -> list[LoglikelihoodResult]:
-        """Score each (context_ids, continuation_ids) pair; results in input order."""
+        """Score each (context_ids, continuation_ids) pair; results in input order.
+
+        `progress`: a tqdm bar of requests scored (with ETA) on stderr, named
+        `desc`; None = only when stderr is a terminal, False = never.
+        """
         prepared = [self._prepare(c, x) for c, x in requests]
         order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
         results: list[LoglikelihoodResult | None] = [None] * len(prepared)
         vocab = self.config.vocab_size
+        bar = tqdm(total=len(order), desc=desc, unit="req", dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             length = _bucket(max(len(prepared[i][0]) for i in idx), self.buckets)
@@ -150,6 +158,8 @@ class Scorer:
             for row, i in enumerate(idx):
                 results[i] = LoglikelihoodResult(float(total[row]), bool(greedy[row]),
                                                  prepared[i][2])
+            bar.update(len(idx))
+        bar.close()
         return results  # type: ignore[return-value]
 
     def packed_loglikelihood(self, batch: dict[str, np.ndarray]) -> tuple[float, int]:
@@ -206,15 +216,16 @@ class Scorer:
         return out
 
     def loglikelihood_rolling(
-        self, documents: Sequence[Sequence[int]], prefix_token: int
+        self, documents: Sequence[Sequence[int]], prefix_token: int, *,
+        progress: bool | None = None, desc: str = "scoring",
     ) -> list[tuple[float, int]]:
-        """(summed log-prob, number of tokens) of each whole document."""
+        """(summed log-prob, number of tokens) of each whole document (bar: as `loglikelihood`)."""
         requests, owner = [], []
         for d, doc in enumerate(documents):
             for req in self.rolling_windows(doc, prefix_token):
                 requests.append(req)
                 owner.append(d)
-        scores = self.loglikelihood(requests)
+        scores = self.loglikelihood(requests, progress=progress, desc=desc)
         totals = [[0.0, 0] for _ in documents]
         for d, s in zip(owner, scores, strict=True):
             totals[d][0] += s.logprob

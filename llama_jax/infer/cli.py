@@ -9,19 +9,21 @@ per line, or JSON Lines with a "prompt" field when the file ends in .jsonl). All
 prompts are decoded together in left-padded batches with a KV cache
 (`llama_jax.infer.engine`). ``--temperature=0`` is greedy; ``--stop`` strings cut
 the output. ``--output`` writes JSON Lines of {prompt, sample, text}.
+Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags, prompts
+file, mesh, checkpoint, tokenizer: one ``error: ...`` line); 1 otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import app, flags, logging
 
+from llama_jax.cli import run_cli, user_errors
 from llama_jax.convert import from_pretrained
 from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.errors import DataError
 from llama_jax.eval.tasks.readers import read_jsonl
 from llama_jax.infer import placement
 from llama_jax.infer.engine import Generator, SamplingConfig, generate_text
@@ -51,7 +53,7 @@ flags.DEFINE_string("output", None, "Write JSON Lines {prompt, sample, text} her
 def read_prompts(path: str) -> list[str]:
     """Prompts of a file: .jsonl records' "prompt" field, else one per line."""
     if not os.path.isfile(path):
-        raise ValueError(f"--prompts_file={path} does not exist")
+        raise DataError(f"--prompts_file={path} does not exist")
     if not path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
             return [ln for ln in f.read().splitlines() if ln.strip()]
@@ -59,25 +61,22 @@ def read_prompts(path: str) -> list[str]:
     records = read_jsonl(path, expected)  # DataError (a ValueError) names file:line.
     bad = [i for i, r in enumerate(records, 1) if not isinstance(r.get("prompt"), str)]
     if bad:
-        raise ValueError(f"{path}: record {bad[0]} has no 'prompt' string; expected {expected}")
+        raise DataError(f"{path}: record {bad[0]} has no 'prompt' string; expected {expected}")
     return [r["prompt"] for r in records]
 
 
 def main(argv):
     """Parse flags, load the model, sample, print (and write) the texts."""
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
     if not FLAGS["verbosity"].present:  # Quiet orbax/JAX INFO lines unless asked (-v 0).
-        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.set_verbosity(logging.WARNING)
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required")
-    try:
-        prompts = list(FLAGS.prompt) + (read_prompts(FLAGS.prompts_file) if FLAGS.prompts_file else [])
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    prompts = list(FLAGS.prompt) + (read_prompts(FLAGS.prompts_file) if FLAGS.prompts_file else [])
     if not prompts:
         raise app.UsageError("give --prompt and/or --prompts_file")
-    try:
+    with user_errors():  # sampling values, mesh, checkpoint, tokenizer
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
         tokenizer = Tokenizer.load(FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model"))
         overrides = {"attention_impl": FLAGS.attention_impl}
@@ -85,15 +84,13 @@ def main(argv):
             overrides["dtype"] = FLAGS.dtype
         mesh = placement.parse_mesh(FLAGS.mesh)
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
-                                                   config_overrides=overrides)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+                                         config_overrides=overrides)
     generator = Generator(config, params, mesh=mesh, batch_size=FLAGS.batch_size)
     del params  # the generator holds them on the mesh; free the host copy
-    outs = generate_text(generator, tokenizer, prompts, max_new_tokens=FLAGS.max_new_tokens,
-                         sampling=sampling, num_samples=FLAGS.num_samples, stop=FLAGS.stop,
-                         seed=FLAGS.seed, add_bos=FLAGS.bos)
+    with user_errors():  # --max_new_tokens, --num_samples, a prompt too long for the model
+        outs = generate_text(generator, tokenizer, prompts, max_new_tokens=FLAGS.max_new_tokens,
+                             sampling=sampling, num_samples=FLAGS.num_samples, stop=FLAGS.stop,
+                             seed=FLAGS.seed, add_bos=FLAGS.bos)
     records = [{"prompt": p, "sample": s, "text": t}
                for p, samples in zip(prompts, outs, strict=True) for s, t in enumerate(samples)]
     for r in records:
@@ -108,7 +105,7 @@ def main(argv):
 
 def run():
     """Console entry point."""
-    app.run(main)
+    run_cli(main)
 
 
 if __name__ == "__main__":

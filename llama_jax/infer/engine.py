@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from llama_jax import sharding
 from llama_jax.infer import placement
@@ -161,6 +162,8 @@ class Generator:
         eos_id: int | None = None,
         seed: int = 0,
         is_finished: Callable[[int, list[int]], bool] | None = None,
+        progress: bool | None = None,
+        desc: str = "generating",
     ) -> list[list[list[int]]]:
         """Continuations of token `prompts`.
 
@@ -173,6 +176,9 @@ class Generator:
           seed: base of the per-row random streams.
           is_finished: called between chunks with a row's prompt index and its
             tokens so far; True stops that row (used for stop strings).
+          progress: a tqdm bar of sequences done (with ETA) on stderr, per
+            batch; None = only when stderr is a terminal, False = never.
+          desc: the bar's name.
 
         Returns:
           ``out[prompt][sample]`` = the generated token ids.
@@ -188,12 +194,16 @@ class Generator:
         # Long prompts first, so a batch's prompts share a bucket.
         rows.sort(key=lambda r: -len(prompts[r[0]]))
         result: list[list[list[int]]] = [[[] for _ in range(num_samples)] for _ in prompts]
+        bar = tqdm(total=len(rows), desc=desc, unit="seq", dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
             outs = self._generate_batch([list(prompts[p]) for p, _ in chunk], chunk,
                                         max_new_tokens, sampling, eos_id, seed, is_finished)
             for (p, s), toks in zip(chunk, outs, strict=True):
                 result[p][s] = toks
+            bar.update(len(chunk))
+        bar.close()
         return result
 
     def _generate_batch(self, prompts, row_ids, max_new, sampling, eos_id, seed, is_finished):
@@ -305,11 +315,14 @@ def generate_text(
     seed: int = 0,
     add_bos: bool = True,
     truncate_left: bool = True,
+    progress: bool | None = None,
+    desc: str = "generating",
 ) -> list[list[str]]:
     """Text continuations of text `prompts` (cut at the first stop string).
 
     With `truncate_left`, a prompt too long for ``max_seq_len - max_new_tokens``
-    keeps only its last tokens (as lm-evaluation-harness does).
+    keeps only its last tokens (as lm-evaluation-harness does). `progress` and
+    `desc`: the bar of `Generator.generate_tokens`.
     """
     ids = [tokenizer.encode(p, bos=add_bos, eos=False) for p in prompts]
     room = generator.config.max_seq_len - max_new_tokens
@@ -324,7 +337,8 @@ def generate_text(
 
     out = generator.generate_tokens(
         ids, max_new_tokens=max_new_tokens, sampling=sampling, num_samples=num_samples,
-        eos_id=tokenizer.eos_id, seed=seed, is_finished=finished if stop else None)
+        eos_id=tokenizer.eos_id, seed=seed, is_finished=finished if stop else None,
+        progress=progress, desc=desc)
     return [[truncate_at_stop(decode(i, t), stop) for t in per_prompt]
             for i, per_prompt in enumerate(out)]
 

@@ -6,10 +6,12 @@ r"""The main job: train (or resume) a LLaMA from a config file.
 A thin absl entry point: parse flags, load the locked config
 (`config_flags.DEFINE_config_file`), call `train_and_evaluate(config,
 workdir)` (`llama_jax.train.loop`). Running it again with the same --workdir
-resumes from the newest complete checkpoint. Exit status: 0 when training
-finished or was preempted (SIGTERM/SIGINT: a checkpoint is written first),
-1 for a user error (the message says what to fix) or a diverged loss, 2 for
-bad flags (an unknown --config.* key names its closest matches).
+resumes from the newest complete checkpoint. Exit status (`llama_jax.cli`):
+0 when training finished or was preempted (SIGTERM/SIGINT: a checkpoint is
+written first); 2 for a user error -- bad flags (an unknown --config.* key
+names its closest matches), config, data, tokenizer or workdir -- printed as
+one ``error: ...`` line that says what to fix; 1 for a diverged loss (the
+message names the last good checkpoint) or an internal error.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from llama_jax.data.sources import DataError
-from llama_jax.errors import ConfigError, NonFiniteLossError
+from llama_jax.cli import run_cli
 from llama_jax.train.config_file import check_overrides
 from llama_jax.train.loop import TrainResult, train_and_evaluate
 
@@ -39,7 +40,7 @@ class _QuietLibraries:
 
 
 def main(argv: Sequence[str]) -> None:
-    """absl main: run `train_and_evaluate` and map user errors to exit status 1."""
+    """absl main: run `train_and_evaluate`; errors go to `llama_jax.cli`'s one path."""
     if logging.get_verbosity() < 1:
         logging.get_absl_handler().addFilter(_QuietLibraries())
     if len(argv) > 1:
@@ -50,27 +51,14 @@ def main(argv: Sequence[str]) -> None:
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
     logging.info("config:\n%s", config)
-    try:
-        result: TrainResult = train_and_evaluate(config, FLAGS.workdir)
-    except (ConfigError, FileNotFoundError, NonFiniteLossError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    result: TrainResult = train_and_evaluate(config, FLAGS.workdir)
     print(f"{result.status}: step {result.step} (from {result.start_step}), "
           f"last loss {result.last_loss}, {result.wall_seconds:.1f}s", file=sys.stderr)
 
 
 def run() -> None:
     """Console-script entry point (``llama-jax-train``)."""
-    try:
-        check_overrides(sys.argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main)
+    run_cli(main, precheck=check_overrides)
 
 
 if __name__ == "__main__":

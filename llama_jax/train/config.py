@@ -1,32 +1,13 @@
 """Shared pieces of the run configs in ``configs/*.py``.
 
-Configs are loaded by path (``--config=configs/tiny.py``), so they share code
-through this module: `base_config()` holds every key with its default, and
-`paper_config()` fills in the settings common to the paper's Table 2 runs.
-`model_config()` turns the ``model`` section into a validated `LlamaConfig`;
-`validate()` checks the rest before anything is compiled.
-
-Keys (all overridable as ``--config.<section>.<key>=value``):
-
-- ``model.preset`` and one key per `LlamaConfig` field (None = the preset's).
-- ``train.steps``, ``train.batch_size`` (global sequences per optimizer step),
-  ``train.seq_len``, ``train.grad_accum_steps``, ``train.log_every``,
-  ``train.eval_every``, ``train.eval_batches``, ``train.seed``,
-  ``train.on_nonfinite`` ('stop' | 'skip'), ``train.max_consecutive_skips``,
-  ``train.tensorboard``, ``train.progress`` ('auto' | 'bar' | 'log').
-- ``checkpoint.every``, ``checkpoint.keep``, ``checkpoint.async_save``.
-- ``mesh.data`` / ``.fsdp`` / ``.tensor`` / ``.sequence`` (-1 = the rest),
-  ``mesh.dcn.<axis>`` (how many of that axis span hosts / slices; all None =
-  automatic: the hosts go on ``data``, else ``fsdp``), ``mesh.rules``
-  (overrides of the logical-axis rules, 'name=axis+axis,...').
-- ``data.corpus`` ('embedded' | 'sources'), ``data.sources`` (tuple of dicts
-  name/kind/path/weight/...), ``data.root``, ``data.tokenizer`` (empty with
-  'sources': ``<data.root>/tokenizer.model``), ``data.num_workers``,
-  ``data.seed``.
-- ``optimizer.lr``, ``.b1``, ``.b2``, ``.eps``, ``.weight_decay``,
-  ``.warmup_steps``, ``.min_lr_ratio``, ``.clip_norm``, ``.decay_mask``.
-- ``distributed.enabled`` ('auto' | 'yes' | 'no'), ``.coordinator_address``,
-  ``.num_processes``, ``.process_id``, ``.local_device_ids``.
+Configs are loaded by path (``--config=configs/tiny.py``,
+``--config=configs/llama.py:7b``), so they share code through this module:
+`base_config()` holds every key with its default and, beside it, what it
+means (the one place a key is documented; any key is overridable as
+``--config.<section>.<key>=value``); `paper_config()` fills in the settings
+common to the paper's Table 2 runs. `model_config()` turns the ``model``
+section into a validated `LlamaConfig`; `validate()` checks the rest before
+anything is compiled.
 """
 
 from __future__ import annotations
@@ -66,31 +47,36 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.model = ml_collections.ConfigDict()
-    c.model.preset = "tiny"
+    c.model.preset = "tiny"  # a `model.config.PRESETS` name: tiny, llama_7b ... llama_65b
+    # One key per `LlamaConfig` field (dim, n_layers, n_heads, n_kv_heads, vocab_size,
+    # max_seq_len, dtype = compute, param_dtype = master weights, remat_policy, ...);
+    # None = the preset's value.
     for field in dataclasses.fields(LlamaConfig):
         c.model[field.name] = config_dict.placeholder(_field_type(field))
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.batch_size = 16
-    c.train.seq_len = 128
-    c.train.grad_accum_steps = 1
-    c.train.log_every = 10
-    c.train.eval_every = 0  # 0 = only at the end.
-    c.train.eval_batches = 4
-    c.train.seed = 0
-    c.train.on_nonfinite = "stop"
-    c.train.max_consecutive_skips = 20
-    c.train.tensorboard = True
-    c.train.progress = "auto"
+    c.train.steps = 1000  # optimizer updates
+    c.train.batch_size = 16  # global sequences per update (all devices, all microbatches)
+    c.train.seq_len = 128  # tokens per sequence (<= model.max_seq_len)
+    c.train.grad_accum_steps = 1  # microbatches per update (same update as one big batch)
+    c.train.log_every = 10  # steps between metrics records
+    c.train.eval_every = 0  # steps between held-out evals; 0 = only at the end
+    c.train.eval_batches = 4  # held-out batches per source per eval
+    c.train.seed = 0  # model init and RNG
+    c.train.on_nonfinite = "stop"  # NaN/Inf loss: 'stop' (keep the last good checkpoint) | 'skip'
+    c.train.max_consecutive_skips = 20  # with 'skip': stop after this many in a row
+    c.train.tensorboard = True  # write TensorBoard events beside metrics.jsonl
+    c.train.progress = "auto"  # 'auto' (a bar on a TTY, else log lines) | 'bar' | 'log'
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 100
-    c.checkpoint.keep = 3
-    # ``async`` is a Python keyword, which config_flags cannot override.
+    c.checkpoint.every = 100  # steps between checkpoints (and one at the end)
+    c.checkpoint.keep = 3  # newest checkpoints kept
+    # Write in the background. Named ``async_save``: ``async`` is a Python keyword,
+    # which config_flags cannot override.
     c.checkpoint.async_save = True
 
     c.mesh = ml_collections.ConfigDict()
+    # Mesh axis sizes; one may be -1 (= the rest of the devices).
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
@@ -98,42 +84,54 @@ def base_config() -> ml_collections.ConfigDict:
     # Of each axis, how many span the slow network (hosts / TPU slices); the
     # rest of it stays inside a host. All None: automatic (hosts on `data`, or
     # on `fsdp` if `data` cannot hold them); set any to give the split yourself
-    # (unset ones are then 1), e.g. --config.mesh.dcn.fsdp=4.
+    # (unset ones are then 1; their product is the number of hosts), e.g.
+    # --config.mesh.dcn.fsdp=4.
     c.mesh.dcn = ml_collections.ConfigDict()
     for axis in MESH_AXES:
         c.mesh.dcn[axis] = config_dict.placeholder(int)
+    # Overrides of the logical-axis rules: 'mlp=tensor+sequence,vocab=' (empty after
+    # '=' = replicated; only known logical names).
     c.mesh.rules = ""
 
     c.data = ml_collections.ConfigDict()
-    c.data.corpus = "embedded"
+    c.data.corpus = "embedded"  # 'embedded' (built from installed packages) | 'sources'
+    # With 'sources': a tuple of dicts of `SourceSpec` fields (name, kind, path, weight, ...).
     c.data.sources = ()
-    c.data.root = ""
-    c.data.tokenizer = ""  # with corpus='sources': empty = <data.root>/tokenizer.model
-    c.data.num_workers = 0
-    c.data.seed = 0
+    c.data.root = ""  # base folder of relative source paths (and of the default tokenizer)
+    # SentencePiece model; relative = under data.root; empty with 'sources' =
+    # <data.root>/tokenizer.model.
+    c.data.tokenizer = ""
+    c.data.num_workers = 0  # grain worker processes (0 = in the training process)
+    c.data.seed = 0  # data order
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.lr = 3e-4
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.95
-    c.optimizer.eps = 1e-8
-    c.optimizer.weight_decay = 0.1
-    c.optimizer.warmup_steps = 2000
-    c.optimizer.min_lr_ratio = 0.1
-    c.optimizer.clip_norm = 1.0
-    c.optimizer.decay_mask = "matrices"
+    c.optimizer = ml_collections.ConfigDict()  # AdamW, warm-up then cosine (docs/training.md)
+    c.optimizer.lr = 3e-4  # peak learning rate
+    c.optimizer.b1 = 0.9  # AdamW beta1
+    c.optimizer.b2 = 0.95  # AdamW beta2
+    c.optimizer.eps = 1e-8  # AdamW epsilon
+    c.optimizer.weight_decay = 0.1  # decoupled, on the parameters decay_mask selects
+    c.optimizer.warmup_steps = 2000  # linear warm-up from 0 to lr
+    c.optimizer.min_lr_ratio = 0.1  # the cosine ends at lr * min_lr_ratio
+    c.optimizer.clip_norm = 1.0  # global gradient-norm clipping (0 = off)
+    c.optimizer.decay_mask = "matrices"  # which parameters decay: an `optim.DECAY_MASKS` name
 
     c.distributed = ml_collections.ConfigDict()
+    # 'auto' (join a multi-process job when SLURM / a TPU pod / JAX_COORDINATOR_ADDRESS
+    # says so) | 'yes' | 'no'.
     c.distributed.enabled = "auto"
-    c.distributed.coordinator_address = ""
+    # The jax.distributed.initialize arguments; empty / None = detected.
+    c.distributed.coordinator_address = ""  # host:port of process 0
     c.distributed.num_processes = config_dict.placeholder(int)
     c.distributed.process_id = config_dict.placeholder(int)
-    c.distributed.local_device_ids = ""  # e.g. "0" for one GPU per process.
+    c.distributed.local_device_ids = ""  # e.g. "0" for one GPU per process
     return c
 
 
 def paper_config(preset: str, *, lr: float, train_tokens: float) -> ml_collections.ConfigDict:
     """A Table 2 run: `preset`'s shape, peak `lr`, `train_tokens` tokens.
+
+    ``configs/llama.py:SIZE`` calls it with Table 2's values per size
+    (``--config=configs/llama.py:7b``, ``:13b``, ``:33b``, ``:65b``).
 
     4M-token batches of 2048 x 2048, steps = tokens / 4M (rounded up),
     2,000 warm-up steps, cosine to 10%, AdamW(0.9, 0.95), wd 0.1, clip 1.0,

@@ -6,8 +6,9 @@ default to the paper's setting for that task (`Task.default_fewshot`).
 
 from __future__ import annotations
 
+from llama_jax.errors import ConfigError
 from llama_jax.eval.tasks import code, commonsense, generative, mmlu, perplexity
-from llama_jax.eval.tasks.base import EvalContext, Task
+from llama_jax.eval.tasks.base import EvalContext, EvalOptions, Task
 from llama_jax.eval.tasks.readers import DataError
 
 TASKS: dict[str, Task] = {
@@ -25,14 +26,15 @@ ALIASES = {
     "race_h": "race_high",
 }
 
-__all__ = ["ALIASES", "TASKS", "DataError", "EvalContext", "Task", "get_task", "parse_task_list"]
+__all__ = ["ALIASES", "TASKS", "DataError", "EvalContext", "EvalOptions", "Task", "get_task",
+           "parse_task_list"]
 
 
 def get_task(name: str) -> Task:
     """The task called `name` (or an alias); unknown names list the known ones."""
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[key]
 
 
@@ -48,12 +50,12 @@ def parse_task_list(spec: str, num_fewshot: int | None = None) -> list[tuple[Tas
             try:
                 k = int(shots)
             except ValueError:
-                raise ValueError(f"task {item!r}: shots after ':' must be an integer") from None
+                raise ConfigError(f"task {item!r}: shots after ':' must be an integer") from None
         else:
             k = task.default_fewshot if num_fewshot is None else num_fewshot
         if k < 0:
-            raise ValueError(f"task {item!r}: shots must be >= 0")
+            raise ConfigError(f"task {item!r}: shots must be >= 0")
         out.append((task, k))
     if not out:
-        raise ValueError(f"no tasks in {spec!r}; choose from {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"no tasks in {spec!r}; choose from {', '.join(sorted(TASKS))}")
     return out

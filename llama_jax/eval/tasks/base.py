@@ -1,5 +1,6 @@
-"""What every task shares: the evaluation context, the task record, few-shot
-sampling and lm-evaluation-harness's context/continuation tokenisation."""
+"""What every task shares: the evaluation context and its options, the task
+record, few-shot sampling and lm-evaluation-harness's context/continuation
+tokenisation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from llama_jax.errors import ConfigError
 
 
 class TokenizerLike(Protocol):
@@ -20,6 +23,72 @@ class TokenizerLike(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """Run-wide task options; each field is the eval CLI flag of the same name.
+
+    Validated on construction (a bad value raises `ConfigError` naming the
+    option); an unknown option name is a ``TypeError``, not a silent default.
+
+    Attributes:
+      gsm8k_samples: k of GSM8K's maj1@k (1: greedy; the paper: 100).
+      gsm8k_temperature: sampling temperature when gsm8k_samples > 1.
+      gsm8k_max_new_tokens: tokens generated per GSM8K answer.
+      qa_max_new_tokens: tokens generated per NaturalQuestions / TriviaQA answer.
+      code_samples: samples per HumanEval / MBPP problem (the n of pass@k).
+      code_temperature: code sampling temperature (None: greedy when
+        code_samples is 1, else 0.1).
+      code_max_new_tokens: tokens generated per program.
+      sandbox_workers: generated programs run at once.
+      sandbox_timeout_s: wall-clock limit per generated program.
+      max_gen_tokens: overrides every generative task's max new tokens.
+      perplexity_corpus: 'embedded', a corpus root or a training config file
+        (``path.py[:arg]``) whose held-out split the perplexity task scores.
+      perplexity_sources: explicit `SourceSpec`s for the perplexity task
+        (instead of perplexity_corpus).
+      perplexity_seq_len: row length of the packed perplexity batches (None:
+        the scorer's max_len).
+    """
+
+    gsm8k_samples: int = 1
+    gsm8k_temperature: float = 0.6
+    gsm8k_max_new_tokens: int = 256
+    qa_max_new_tokens: int = 32
+    code_samples: int = 1
+    code_temperature: float | None = None
+    code_max_new_tokens: int = 512
+    sandbox_workers: int = 4
+    sandbox_timeout_s: float = 10.0
+    max_gen_tokens: int | None = None
+    perplexity_corpus: str | None = None
+    perplexity_sources: tuple[Any, ...] | None = None
+    perplexity_seq_len: int | None = None
+
+    def __post_init__(self):
+        at_least_one = ("gsm8k_samples", "gsm8k_max_new_tokens", "qa_max_new_tokens",
+                        "code_samples", "code_max_new_tokens", "sandbox_workers")
+        for name in at_least_one + ("max_gen_tokens",):
+            value = getattr(self, name)
+            if value is None and name not in at_least_one:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"eval option {name}={value!r} must be an integer >= 1 "
+                                  f"(--{name})")
+        if self.perplexity_seq_len is not None and self.perplexity_seq_len < 2:
+            raise ConfigError(f"eval option perplexity_seq_len={self.perplexity_seq_len} "
+                              "must be >= 2")
+        for name in ("gsm8k_temperature", "code_temperature"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0.0:
+                raise ConfigError(f"eval option {name}={value!r} must be >= 0 (0 = greedy) "
+                                  f"(--{name})")
+        if not self.sandbox_timeout_s > 0.0:
+            raise ConfigError(f"eval option sandbox_timeout_s={self.sandbox_timeout_s!r} must "
+                              "be > 0 seconds (--sandbox_timeout_s)")
+        if self.perplexity_sources is not None:
+            object.__setattr__(self, "perplexity_sources", tuple(self.perplexity_sources))
+
+
 @dataclasses.dataclass
 class EvalContext:
     """Everything a task needs to run: a tokenizer and (built on first use)
@@ -29,17 +98,26 @@ class EvalContext:
       tokenizer: the model's tokenizer.
       make_scorer / make_generator: zero-argument factories, called once.
       seed: random seed for few-shot sampling and generation.
-      options: task options (e.g. ``gsm8k_samples``, ``code_samples``,
-        ``code_temperature``, ``sandbox_workers``, ``max_new_tokens``).
+      options: the run's `EvalOptions`.
+      progress: progress bars on stderr: None = when it is a terminal,
+        False = never, True = always.
+      label: what the bars are called (the runner sets the task's name).
     """
 
     tokenizer: TokenizerLike
     make_scorer: Callable[[], Any] | None = None
     make_generator: Callable[[], Any] | None = None
     seed: int = 0
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: EvalOptions = dataclasses.field(default_factory=EvalOptions)
+    progress: bool | None = None
+    label: str = ""
     _scorer: Any = None
     _generator: Any = None
+
+    def __post_init__(self):
+        if not isinstance(self.options, EvalOptions):
+            raise TypeError(f"EvalContext.options must be an EvalOptions, got "
+                            f"{type(self.options).__name__}")
 
     @property
     def scorer(self):
@@ -58,11 +136,6 @@ class EvalContext:
                 raise ValueError("this evaluation has no generator (make_generator is None)")
             self._generator = self.make_generator()
         return self._generator
-
-    def option(self, name: str, default: Any) -> Any:
-        """``options[name]``, or `default` when unset or None."""
-        value = self.options.get(name)
-        return default if value is None else value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ MBPP_TEST_IDS = range(11, 511)
 
 
 def _sampling(ctx: EvalContext, n: int) -> SamplingConfig:
-    temperature = ctx.option("code_temperature", None)
+    temperature = ctx.options.code_temperature
     if temperature is None:
         temperature = 0.0 if n == 1 else 0.1
     temperature = float(temperature)
@@ -41,8 +41,8 @@ def _sampling(ctx: EvalContext, n: int) -> SamplingConfig:
 def _score(ctx: EvalContext, programs: list[list[str]], task_ids: list[Any]) -> dict[str, Any]:
     """Run every sample's program; pass@k per k <= n."""
     flat = [p for per_task in programs for p in per_task]
-    limits = sandbox.SandboxLimits(timeout_s=float(ctx.option("sandbox_timeout_s", 10.0)))
-    results = sandbox.run_many(flat, limits=limits, workers=int(ctx.option("sandbox_workers", 4)))
+    limits = sandbox.SandboxLimits(timeout_s=ctx.options.sandbox_timeout_s)
+    results = sandbox.run_many(flat, limits=limits, workers=ctx.options.sandbox_workers)
     n = len(programs[0]) if programs else 0
     out: dict[str, Any] = {"n": n, "num_examples": len(programs), "primary_metric": "pass@1"}
     passed = [sum(r.passed for r in results[i * n:(i + 1) * n]) for i in range(len(programs))]
@@ -64,10 +64,10 @@ def run_humaneval(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int 
         docs.append({k: get_field(r, k, i, path, HUMANEVAL_FORMAT)
                      for k in ("task_id", "prompt", "test", "entry_point")})
     docs = apply_limit(docs, limit)
-    n = int(ctx.option("code_samples", 1))
+    n = ctx.options.code_samples
     outs = run_generation(ctx, [d["prompt"] for d in docs], stop=HUMANEVAL_STOP,
                           sampling=_sampling(ctx, n), num_samples=n,
-                          max_new_tokens=int(ctx.option("code_max_new_tokens", 512)))
+                          max_new_tokens=ctx.options.code_max_new_tokens)
     programs = [[d["prompt"] + c + "\n\n" + d["test"] + "\n\n" + f"check({d['entry_point']})\n"
                  for c in samples] for d, samples in zip(docs, outs, strict=True)]
     return _score(ctx, programs, [d["task_id"] for d in docs])
@@ -108,10 +108,10 @@ def run_mbpp(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | Non
         [d for d in docs if d not in shots]
     evaluate = apply_limit(evaluate, limit)
     prefix = "".join(mbpp_prompt(s) + s["code"] + "\n[DONE]\n\n" for s in shots)
-    n = int(ctx.option("code_samples", 1))
+    n = ctx.options.code_samples
     outs = run_generation(ctx, [prefix + mbpp_prompt(d) for d in evaluate], stop=MBPP_STOP,
                           sampling=_sampling(ctx, n), num_samples=n,
-                          max_new_tokens=int(ctx.option("code_max_new_tokens", 512)))
+                          max_new_tokens=ctx.options.code_max_new_tokens)
     programs = [[mbpp_program(d, c) for c in samples]
                 for d, samples in zip(evaluate, outs, strict=True)]
     return _score(ctx, programs, [d["task_id"] for d in evaluate])

@@ -13,17 +13,16 @@ problem and a majority vote over the extracted final numbers (maj1@k).
 from __future__ import annotations
 
 import ast
-import logging
 import random
 from typing import Any
+
+from absl import logging
 
 from llama_jax.eval import metrics
 from llama_jax.eval.tasks import readers
 from llama_jax.eval.tasks.base import EvalContext, Task, apply_limit, sample_fewshot
 from llama_jax.eval.tasks.readers import DataError, get_field, require
 from llama_jax.infer.engine import GREEDY, SamplingConfig, generate_text
-
-log = logging.getLogger(__name__)
 
 QA_STOP = ("\n", ".", ",")
 QA_PREFIX = "Answer these questions:\n"
@@ -34,18 +33,19 @@ def run_generation(ctx: EvalContext, prompts: list[str], *, max_new_tokens: int,
                    num_samples: int = 1) -> list[list[str]]:
     """Continuations of `prompts` with the context's generator and tokenizer.
 
-    ``ctx.options["max_gen_tokens"]`` overrides `max_new_tokens`; either way it
+    ``ctx.options.max_gen_tokens`` overrides `max_new_tokens`; either way it
     is capped at half the model's context so prompts keep room (left-truncated
     like the harness when they are longer).
     """
     generator = ctx.generator
-    max_new = int(ctx.option("max_gen_tokens", max_new_tokens))
+    max_new = ctx.options.max_gen_tokens or max_new_tokens
     cap = max(1, generator.config.max_seq_len // 2)
     if max_new > cap:
-        log.warning("max_new_tokens %d capped at %d (half of max_seq_len)", max_new, cap)
+        logging.warning("max_new_tokens %d capped at %d (half of max_seq_len)", max_new, cap)
         max_new = cap
     return generate_text(generator, ctx.tokenizer, prompts, max_new_tokens=max_new,
-                         sampling=sampling, num_samples=num_samples, stop=stop, seed=ctx.seed)
+                         sampling=sampling, num_samples=num_samples, stop=stop, seed=ctx.seed,
+                         progress=ctx.progress, desc=ctx.label or "generating")
 
 
 # ----- closed-book QA ----------------------------------------------------------
@@ -130,7 +130,7 @@ def _qa_task(name: str, fmt: str, loader, eval_patterns, train_patterns, questio
         prompts = [qa_prompt(d["question"], sample_fewshot(train, num_fewshot, rng), question_mark)
                    for d in docs]
         outs = run_generation(ctx, prompts, stop=QA_STOP,
-                              max_new_tokens=int(ctx.option("qa_max_new_tokens", 32)))
+                              max_new_tokens=ctx.options.qa_max_new_tokens)
         preds = [o[0].strip() for o in outs]
         hits = [metrics.exact_match(p, d["answers"]) for p, d in zip(preds, docs, strict=True)]
         return {"exact_match": metrics.mean(hits), "primary_metric": "exact_match",
@@ -172,11 +172,11 @@ def run_gsm8k(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | No
         shots = sample_fewshot(train, num_fewshot, rng)
         prompts.append("".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots)
                        + f"Question: {d['question']}\nAnswer:")
-    k = int(ctx.option("gsm8k_samples", 1))
+    k = ctx.options.gsm8k_samples
     sampling = GREEDY if k == 1 else SamplingConfig(
-        temperature=float(ctx.option("gsm8k_temperature", 0.6)))
+        temperature=ctx.options.gsm8k_temperature)
     outs = run_generation(ctx, prompts, stop=GSM8K_STOP, sampling=sampling, num_samples=k,
-                          max_new_tokens=int(ctx.option("gsm8k_max_new_tokens", 256)))
+                          max_new_tokens=ctx.options.gsm8k_max_new_tokens)
     first, maj, preds = [], [], []
     for d, samples in zip(docs, outs, strict=True):
         answers = [metrics.extract_number(s) for s in samples]

@@ -119,7 +119,8 @@ def evaluate_multiple_choice(
                     uncond_index[c] = len(requests)
                     requests.append(encode_pair(tok, UNCONDITIONAL_CONTEXT,
                                                 TARGET_DELIMITER + c))
-    scores = [r.logprob for r in ctx.scorer.loglikelihood(requests)] if requests else []
+    scores = [r.logprob for r in ctx.scorer.loglikelihood(
+        requests, progress=ctx.progress, desc=ctx.label or "scoring")] if requests else []
 
     correct: dict[str, list[float]] = {"acc": [], "acc_norm": []}
     if unconditional:

@@ -9,8 +9,8 @@ Two ways to name the data:
   per source: tokens, mean negative log-likelihood per token, perplexity,
   bits per byte.
 * a corpus (option ``perplexity_corpus``: "embedded" for the default root of
-  `llama_jax.data.corpus`, a corpus root, or a training config file whose
-  ``data`` section names the sources) or explicit ``perplexity_sources``
+  `llama_jax.data.corpus`, a corpus root, or a training config file
+  ``path.py[:arg]`` whose ``data`` section names the sources) or explicit ``perplexity_sources``
   (`SourceSpec`s): each source's held-out split, packed into rows exactly as
   training's held-out loss is (`llama_jax.data.mixture.make_eval_batches`).
 """
@@ -22,11 +22,14 @@ import math
 import os
 from typing import Any
 
+from tqdm import tqdm
+
 from llama_jax.data import corpus as corpus_lib
 from llama_jax.data.mixture import make_eval_batches
 from llama_jax.eval.tasks import readers
 from llama_jax.eval.tasks.base import EvalContext, Task
 from llama_jax.eval.tasks.readers import DataError, get_field
+from llama_jax.train.config_file import load_config_file
 from llama_jax.train.data import source_specs
 
 PERPLEXITY_FORMAT = ("text sources in <data_dir>/perplexity/: *.jsonl files (one document per "
@@ -69,29 +72,23 @@ def _summary(logprob: float, tokens: int, num_bytes: int | None) -> dict[str, An
     return out
 
 
-def _config_file_specs(path: str, vocab_size: int):
-    """The data sources of a training config file (``get_config()``'s ``data``)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_perplexity_config", path)
-    if spec is None or spec.loader is None:
-        raise DataError(f"perplexity: cannot load the config file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return source_specs(module.get_config().data, vocab_size)[0]
+def _config_file_specs(spec: str, vocab_size: int):
+    """The data sources of a training config file ``path.py[:arg]`` (its ``data``)."""
+    return source_specs(load_config_file(spec).data, vocab_size)[0]
 
 
 def _corpus_specs(ctx: EvalContext):
     """SourceSpecs from options: explicit sources, a config file, a corpus root."""
-    specs = ctx.options.get("perplexity_sources")
+    specs = ctx.options.perplexity_sources
     if specs:
         return list(specs)
-    corpus = ctx.options.get("perplexity_corpus")
+    corpus = ctx.options.perplexity_corpus
     if not corpus:
         return None
-    if corpus.endswith(".py"):
-        if not os.path.isfile(corpus):
-            raise DataError(f"perplexity: config file {corpus} does not exist")
+    path = corpus.partition(":")[0]
+    if path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise DataError(f"perplexity: config file {path} does not exist")
         return _config_file_specs(corpus, ctx.tokenizer.vocab_size)
     root = None if corpus == "embedded" else corpus
     return list(corpus_lib.ensure_corpus(root).sources)
@@ -104,23 +101,27 @@ def run_perplexity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int
     total_lp, total_tok = 0.0, 0
     specs = _corpus_specs(ctx)
     if specs is not None:
-        seq_len = int(ctx.option("perplexity_seq_len", scorer.max_len))
+        seq_len = ctx.options.perplexity_seq_len or scorer.max_len
         for i, spec in enumerate(specs):
             batches = make_eval_batches(spec, ctx.tokenizer, seq_len=seq_len,
                                         batch_size=scorer.batch_size,
                                         max_batches=limit if limit and limit > 0 else None,
                                         source_id=i)
             lp, n = 0.0, 0
-            for batch in batches:
+            name = spec["name"] if isinstance(spec, dict) else spec.name
+            for batch in tqdm(batches, desc=f"{ctx.label or 'perplexity'} {name}", unit="batch",
+                              dynamic_ncols=True,
+                              disable=None if ctx.progress is None else not ctx.progress):
                 b_lp, b_n = scorer.packed_loglikelihood(batch)
                 lp, n = lp + b_lp, n + b_n
-            name = spec["name"] if isinstance(spec, dict) else spec.name
             per_source[name] = _summary(lp, n, None)
             total_lp, total_tok = total_lp + lp, total_tok + n
     else:
         for name, docs in _file_sources(data_dir, limit).items():
             ids = [ctx.tokenizer.encode(d, bos=False, eos=False) for d in docs]
-            scores = scorer.loglikelihood_rolling([x for x in ids if x], ctx.tokenizer.bos_id)
+            scores = scorer.loglikelihood_rolling([x for x in ids if x], ctx.tokenizer.bos_id,
+                                                  progress=ctx.progress,
+                                                  desc=f"{ctx.label or 'perplexity'} {name}")
             lp = sum(s[0] for s in scores)
             n = sum(s[1] for s in scores)
             per_source[name] = _summary(lp, n, sum(len(d.encode("utf-8")) for d in docs))
