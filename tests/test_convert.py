@@ -249,11 +249,14 @@ def test_orbax_roundtrip_and_layouts(loaded, tmp_path):
     assert sorted(os.listdir(tmp_path / "scan")) == ["llama_config.json", "params"]
     config2, params2 = from_pretrained(tmp_path / "scan")
     assert config2 == config and trees_equal(params2, params)
-    # An unscanned model saves and loads back unscanned, bit for bit.
+    # An unscanned model saves; the layout is the loader's choice (a run option):
+    # scanned by default, unscanned when asked, bit for bit either way.
     flat_cfg, flat_params = config.replace(scan_layers=False), unstack_layers(params)
     assert sorted(flat_params) == ["layers_0", "layers_1", "norm", "output", "tok_embeddings"]
     save_pretrained(flat_cfg, {"params": flat_params}, tmp_path / "noscan")
     config3, params3 = from_pretrained(tmp_path / "noscan")
+    assert config3 == config and trees_equal(params3, params)
+    config3, params3 = from_pretrained(tmp_path / "noscan", config_overrides={"scan_layers": False})
     assert config3 == flat_cfg and trees_equal(params3, flat_params)
     assert trees_equal(stack_layers(params3), params)
     # Overrides pick the layout and compute dtype.

@@ -6,7 +6,7 @@ import pathlib
 import textwrap
 
 from llama_jax.data import corpus as corpus_lib
-from llama_jax.data import tokenizer as tok_lib
+from llama_jax.data.tokenizer import sentencepiece_bpe as tok_lib
 
 
 def _texts(tmp_path):

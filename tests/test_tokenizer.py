@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from llama_jax.data import tokenizer as tokenizer_lib
 from llama_jax.data.tokenizer import Tokenizer, train_tokenizer
+from llama_jax.data.tokenizer import __main__ as tokenizer_cli
 
 PROSE = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
          "it was the age of foolishness.  Two spaces,   three spaces.\n")
@@ -116,13 +116,13 @@ def test_cli_trains_from_folder_and_jsonl(tmp_path, capsys):
     jsonl = tmp_path / "more.jsonl"
     jsonl.write_text("\n".join(json.dumps({"body": PROSE + str(i)}) for i in range(20)) + "\n")
     out = tmp_path / "model" / "tok"
-    rc = tokenizer_lib.main([f"--sources={folder},{jsonl}", "--vocab_size=400", f"--out={out}", "--field=body"])
+    rc = tokenizer_cli.main([f"--sources={folder},{jsonl}", "--vocab_size=400", f"--out={out}", "--field=body"])
     assert rc == 0
     assert os.path.isfile(f"{out}.model") and os.path.isfile(f"{out}.vocab")
     assert "vocab_size=400" in capsys.readouterr().out
     cli_tok = Tokenizer.load(f"{out}.model")
     assert cli_tok.decode(cli_tok.encode(CODE)) == CODE
-    assert tokenizer_lib.main([f"--sources={tmp_path / 'nowhere'}", "--vocab_size=400", f"--out={out}"]) == 2
+    assert tokenizer_cli.main([f"--sources={tmp_path / 'nowhere'}", "--vocab_size=400", f"--out={out}"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

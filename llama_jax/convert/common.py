@@ -135,8 +135,7 @@ def param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=16)
 def _param_shapes(config: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    if not getattr(config, "scan_layers", True):
-        config = config.replace(scan_layers=True)  # One traced block, not n_layers.
+    config = config.with_run_options(scan_layers=True)  # One traced block, not n_layers.
     tree = flatten(nn.meta.unbox(abstract_params(config)))
     shapes: dict[tuple[str, ...], tuple[int, ...]] = {}
     for path, leaf in tree.items():

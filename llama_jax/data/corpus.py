@@ -39,7 +39,7 @@ from tqdm import tqdm
 from llama_jax.cli import handle_errors
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.sources import DataError, SourceSpec
-from llama_jax.data.tokenizer import Tokenizer, _atomic_write, train_tokenizer
+from llama_jax.data.tokenizer import Tokenizer, atomic_write, train_tokenizer
 from llama_jax.model.config import PRESETS
 
 CORPUS_VERSION = 2
@@ -181,7 +181,7 @@ def _write_jsonl(path: str, docs: Iterator[tuple[str, str]], *, desc: str = "",
         lines.append(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False))
         n_docs += 1
         n_bytes += len(text.encode("utf-8"))
-    _atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return n_docs, n_bytes
 
 
@@ -259,7 +259,7 @@ def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, reb
                                                                          bos=True, eos=True))
     manifest["tokenizers"][str(vocab_size)] = {"file": tok_file, "train_seconds": round(seconds, 3),
                                                "tokens": tokens, "heldout_tokens": heldout_tokens}
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
+    atomic_write(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
     return _load(root, vocab_size)
 
 

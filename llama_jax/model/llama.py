@@ -118,7 +118,13 @@ def init_params(config: LlamaConfig, rng: jax.Array, seq_len: int = 8):
 
 
 def abstract_params(config: LlamaConfig):
-    """`jax.ShapeDtypeStruct`s of the boxed parameters (no allocation)."""
+    """`jax.ShapeDtypeStruct`s of the boxed parameters (no allocation).
+
+    The parameters do not depend on how attention or remat run, so the init is
+    traced on the plain XLA path (a Pallas-configured model is not traced
+    through its kernel, nor refused on a backend the kernel does not target).
+    """
+    config = config.with_run_options(attention_impl="xla", remat_policy="none")
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     return jax.eval_shape(
         lambda rng, t: Llama(config).init(rng, t)["params"],

@@ -285,7 +285,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """
     t0 = time.perf_counter()
     mcfg = config_base.validate(config)
-    t = config.train
     workdir = str(workdir)
     if "://" in workdir:
         raise ConfigError(
@@ -302,6 +301,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ck = config.checkpoint
     checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), every=ck.every,
                                          keep=ck.keep, async_save=ck.async_save)
+    try:  # Closed on every path: an unclosed manager's threads fail at interpreter exit.
+        return _train(config, mcfg, workdir, checkpointer, t0)
+    finally:
+        checkpointer.close()
+
+
+def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
+           checkpointer: ckpt_lib.Checkpointer, t0: float) -> TrainResult:
+    """`train_and_evaluate` once the workdir's checkpointer is open."""
+    t = config.train
     latest = checkpointer.latest_step()
     meta = checkpointer.read_meta(latest) if latest is not None else None
     if meta is not None:
@@ -340,7 +349,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if start >= t.steps:
         logging.info("workdir %s already holds step %d >= train.steps=%d; nothing to do",
                      workdir, start, t.steps)
-        checkpointer.close()
         return TrainResult("already_done", start, start, None, {}, time.perf_counter() - t0)
 
     train_step = make_train_step(mcfg, tx, mesh, rules, shardings,
@@ -405,7 +413,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     break
             tracker.settle()
     finally:
-        checkpointer.close()
         log.close()
     end = int(jax.device_get(state.step)) if status != "completed" else t.steps
     return TrainResult(status, start, end, tracker.last_loss, eval_losses, time.perf_counter() - t0)

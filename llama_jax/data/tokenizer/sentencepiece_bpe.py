@@ -8,31 +8,20 @@ UTF-8 characters." `train_tokenizer` mirrors the trainer spec of Meta's released
 normaliser with no whitespace squashing (so code and runs of spaces, tabs and
 blank lines round-trip exactly), and the special ids unk=0, bos=1, eos=2, no pad
 piece. `Tokenizer.load` reads that file or any other LLaMA-compatible
-`tokenizer.model`.
-
-CLI (train from sources; see `llama_jax.data.sources.source_from_arg`)::
-
-    python -m llama_jax.data.tokenizer --sources=/data/code,/data/books.jsonl \
-        --vocab_size=32000 --out=/models/tokenizer
+`tokenizer.model`. The CLI that trains one is `llama_jax.data.tokenizer.__main__`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
-from absl import logging
 from tqdm import tqdm
-
-from llama_jax.cli import handle_errors, user_errors
-from llama_jax.data import sources as sources_lib
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -293,13 +282,13 @@ def train_tokenizer(
                 hint = ""
             raise ValueError(f"train_tokenizer: SentencePiece failed: {msg}.{hint}") from e
     tok = Tokenizer(model.getvalue(), path=model_prefix + ".model")
-    _atomic_write(model_prefix + ".model", tok.model_proto)
+    atomic_write(model_prefix + ".model", tok.model_proto)
     vocab = "".join(f"{tok.id_to_piece(i)}\t{tok._sp.GetScore(i)}\n" for i in range(tok.vocab_size))
-    _atomic_write(model_prefix + ".vocab", vocab.encode("utf-8"))
+    atomic_write(model_prefix + ".vocab", vocab.encode("utf-8"))
     return tok
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
     """Writes `data` to `path` via a temp file in the same folder and a rename."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
     try:
@@ -313,40 +302,3 @@ def _atomic_write(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-@handle_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: train a tokenizer from sources (paths, folders, globs, .jsonl, .array_record).
-
-    Returns the exit status (`llama_jax.cli`: 2 for a missing or bad source).
-    """
-    parser = argparse.ArgumentParser(prog="python -m llama_jax.data.tokenizer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", required=True,
-                        help="comma-separated sources: text files/folders/globs, *.jsonl, *.array_record, "
-                             "or KIND=PATH (kinds: text, jsonl, array_record, tfds)")
-    parser.add_argument("--vocab_size", type=int, required=True)
-    parser.add_argument("--out", required=True, help="output prefix; writes OUT.model and OUT.vocab")
-    parser.add_argument("--field", default="text", help="JSON field holding the text (jsonl sources)")
-    parser.add_argument("--max_sentences", type=int, default=5_000_000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.use_absl_handler()  # INFO lines (skipped documents, ...) on stderr
-    logging.set_verbosity(logging.INFO)
-    start = time.perf_counter()
-    with user_errors():  # a bad source, text or vocab size
-        srcs = [sources_lib.build_source(sources_lib.source_from_arg(a, field=args.field))
-                for a in args.sources.split(",") if a]
-        tok = train_tokenizer(srcs, args.out, args.vocab_size, max_sentences=args.max_sentences,
-                              seed=args.seed)
-    took = time.perf_counter() - start
-    docs = sum(len(s) for s in srcs)
-    print(f"trained {tok.path}: vocab_size={tok.vocab_size} from {docs} documents in {took:.1f}s")
-    sample = "def f(x):\n\treturn 12345  # ok"
-    print(f"sample {sample!r} -> {[tok.id_to_piece(i) for i in tok.encode(sample)]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
