@@ -1,8 +1,11 @@
 """The code sandbox: passes good code, kills loops, blocks network and stray writes."""
 
+import shutil
 import socket
+import tempfile
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -214,12 +217,25 @@ def _escape_program(attack, target, victim):
             "except (OSError, sqlite3.Error) as e:\n    print('BLOCKED', type(e).__name__, e)\n")
 
 
-@pytest.fixture()
-def outside(tmp_path):
-    victim = tmp_path / "victim.txt"
+def _victim_in(folder):
+    victim = folder / "victim.txt"
     victim.write_text("precious")
     victim.chmod(0o640)
-    return tmp_path / f"escape_{uuid.uuid4().hex}.txt", victim
+    return folder / f"escape_{uuid.uuid4().hex}.txt", victim
+
+
+@pytest.fixture()
+def outside(tmp_path):
+    return _victim_in(tmp_path)
+
+
+@pytest.fixture()
+def outside_visible():
+    # The mount namespace hides /tmp (where tmp_path lives) altogether; files
+    # beside the tests stay visible there, so its read-only mounts are tested.
+    folder = Path(tempfile.mkdtemp(prefix=".sandbox_outside_", dir=Path(__file__).parent))
+    yield _victim_in(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _assert_untouched(res, target, victim, layers):
@@ -245,8 +261,8 @@ _needs_mount_ns = pytest.mark.skipif(not sandbox.readonly_filesystem_available()
 
 @_needs_mount_ns
 @pytest.mark.parametrize("attack", sorted(_ESCAPES))
-def test_readonly_mount_namespace_alone_blocks_escape(attack, outside):
-    target, victim = outside
+def test_readonly_mount_namespace_alone_blocks_escape(attack, outside_visible):
+    target, victim = outside_visible
     code = _escape_program(_ESCAPES[attack], target, victim)
     res = sandbox.run_python(code, limits=FAST, readonly_filesystem=True, audit_guard=False)
     # Links and renames across the sandbox's bind mount fail before the
