@@ -402,7 +402,7 @@ def test_no_process_outlives_the_sandbox():
             "if os.fork() == 0:\n"
             "    os.setsid()\n"
             f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', {token!r}])\n"
-            "os.setsid()\ntime.sleep(0.5)\nprint('forked', flush=True)\ntime.sleep(30)\n")
+            "try:\n    os.setsid()\nexcept OSError:\n    pass\ntime.sleep(0.5)\nprint('forked', flush=True)\ntime.sleep(30)\n")
     res = sandbox.run_python(code, limits=sandbox.SandboxLimits(timeout_s=1.5, cpu_s=5),
                              **NAMESPACES_ONLY)
     left = _processes_with(token)
@@ -538,3 +538,21 @@ def test_host_unix_socket_is_out_of_reach(walls):
         assert srv.connections == 0
     finally:
         srv.close()
+
+
+_FRESH_BUILTIN_ROUTES = {  # ways to a copy of a module whose calls the hook swapped
+    "importlib_builtin_spec": (
+        "import importlib.machinery, importlib.util\n"
+        "spec = importlib.machinery.BuiltinImporter.find_spec('_signal')\n"
+        "importlib.util.module_from_spec(spec).pidfd_send_signal\n"),
+    "sys_modules_pop": "import sys\nsys.modules.pop('posix')\nimport posix\nposix.pidfd_open\n",
+    "imp_create_builtin": (
+        "import _imp, importlib.machinery\n"
+        "_imp.create_builtin(importlib.machinery.ModuleSpec('posix', None)).pidfd_open\n"),
+}
+
+
+@pytest.mark.parametrize("route", sorted(_FRESH_BUILTIN_ROUTES))
+def test_hook_refuses_fresh_copies_of_swapped_modules(route):
+    res = sandbox.run_python(_FRESH_BUILTIN_ROUTES[route], limits=FAST, **HOOK_ONLY)
+    assert not res.passed and "PermissionError: sandbox: importing" in res.stderr, res.stderr
