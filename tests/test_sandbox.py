@@ -1,8 +1,16 @@
 """The code sandbox: passes good code, kills loops, blocks network and stray writes."""
 
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -176,6 +184,15 @@ _ESCAPES = {
         "rel = os.path.relpath(TARGET, os.path.dirname(SANDBOX))\n"
         "open('b/up/' + rel, 'w').write('x')\n"),
     "hard_link_to_victim": "os.link(VICTIM, 'hl')\nopen('hl', 'w').write('pwned')\n",
+    # sqlite opens and writes files itself, out of the hook's sight.
+    "sqlite_file_uri": (
+        "sqlite3.connect('file:' + TARGET + '?mode=rwc', uri=True).execute('create table t (x)')\n"),
+    "sqlite_attach_database": (
+        "c = sqlite3.connect(':memory:')\nc.execute('attach database ? as o', (TARGET,))\n"
+        "c.execute('create table o.t (x)')\nc.commit()\n"),
+    "sqlite_vacuum_into": (
+        "c = sqlite3.connect(':memory:')\nc.execute('create table t (x)')\n"
+        "c.execute('vacuum into ?', (TARGET,))\n"),
 }
 
 # Attacks on the hook itself (meaningless without it).
@@ -214,12 +231,25 @@ def _escape_program(attack, target, victim):
             "except (OSError, sqlite3.Error) as e:\n    print('BLOCKED', type(e).__name__, e)\n")
 
 
-@pytest.fixture()
-def outside(tmp_path):
-    victim = tmp_path / "victim.txt"
+def _victim_in(folder):
+    victim = folder / "victim.txt"
     victim.write_text("precious")
     victim.chmod(0o640)
-    return tmp_path / f"escape_{uuid.uuid4().hex}.txt", victim
+    return folder / f"escape_{uuid.uuid4().hex}.txt", victim
+
+
+@pytest.fixture()
+def outside(tmp_path):
+    return _victim_in(tmp_path)
+
+
+@pytest.fixture()
+def outside_visible():
+    # The mount namespace hides /tmp (where tmp_path lives) altogether; files
+    # beside the tests stay visible there, so its read-only mounts are tested.
+    folder = Path(tempfile.mkdtemp(prefix=".sandbox_outside_", dir=Path(__file__).parent))
+    yield _victim_in(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _assert_untouched(res, target, victim, layers):
@@ -245,8 +275,8 @@ _needs_mount_ns = pytest.mark.skipif(not sandbox.readonly_filesystem_available()
 
 @_needs_mount_ns
 @pytest.mark.parametrize("attack", sorted(_ESCAPES))
-def test_readonly_mount_namespace_alone_blocks_escape(attack, outside):
-    target, victim = outside
+def test_readonly_mount_namespace_alone_blocks_escape(attack, outside_visible):
+    target, victim = outside_visible
     code = _escape_program(_ESCAPES[attack], target, victim)
     res = sandbox.run_python(code, limits=FAST, readonly_filesystem=True, audit_guard=False)
     # Links and renames across the sandbox's bind mount fail before the
@@ -304,3 +334,225 @@ def test_correct_solution_with_file_work_inside_passes(layers):
     res = sandbox.run_python(_BUSY_SOLUTION, limits=FAST, audit_guard=layers != "mount",
                              readonly_filesystem=layers != "hook")
     assert res.passed and res.stdout == "ok\n", res.stderr
+
+
+# --------------------------------------------------------------------------
+# The evaluator and its neighbours: processes, the disk, host sockets.
+
+HOOK_ONLY = {"readonly_filesystem": False, "network_namespace": False, "pid_namespace": False}
+NAMESPACES_ONLY = {"audit_guard": False}
+_needs_pid_ns = pytest.mark.skipif(not sandbox.pid_namespace_available(),
+                                   reason="no unprivileged PID namespaces here")
+
+
+@pytest.fixture()
+def sibling():
+    """A sleeping process of the same user that the sandbox must not reach."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _harm_program(pids):
+    return (
+        "import os, signal\n"
+        f"for pid in [p for p in (os.getppid(), *{tuple(pids)!r}) if p > 1]:\n"
+        "    for name, act in (\n"
+        "            ('pidfd', lambda: signal.pidfd_send_signal(os.pidfd_open(pid), signal.SIGKILL)),\n"
+        "            ('renice', lambda: os.setpriority(os.PRIO_PROCESS, pid, 19)),\n"
+        "            ('kill', lambda: os.kill(pid, signal.SIGKILL))):\n"
+        "        try:\n"
+        "            act()\n"
+        "            print('DID', name, pid)\n"
+        "        except Exception as e:\n"
+        "            print('FAILED', name, pid, type(e).__name__)\n")
+
+
+@pytest.mark.parametrize("walls", [pytest.param(NAMESPACES_ONLY, marks=_needs_pid_ns), HOOK_ONLY],
+                         ids=["pid_namespace", "hook"])
+def test_program_cannot_signal_or_renice_the_evaluator_or_its_neighbours(walls, sibling):
+    evaluator = os.getpid()
+    res = sandbox.run_python(_harm_program([sibling.pid, evaluator]), limits=FAST, **walls)
+    assert "DID" not in res.stdout, res.stdout + res.stderr
+    assert res.stdout.count("FAILED") >= 6, res.stdout + res.stderr
+    assert sibling.poll() is None  # still running, and we are too
+    assert os.getpriority(os.PRIO_PROCESS, sibling.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    assert ("pid" in res.walls) == (walls is NAMESPACES_ONLY)
+
+
+def _processes_with(token):
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if token.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@_needs_pid_ns
+def test_no_process_outlives_the_sandbox():
+    # A new session leaves the process group the timeout kills; the PID
+    # namespace takes it down with the program all the same.
+    token = f"sandbox-daemon-{uuid.uuid4().hex}"
+    code = ("import os, sys, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', {token!r}])\n"
+            "try:\n    os.setsid()\nexcept OSError:\n    pass\ntime.sleep(0.5)\nprint('forked', flush=True)\ntime.sleep(30)\n")
+    res = sandbox.run_python(code, limits=sandbox.SandboxLimits(timeout_s=1.5, cpu_s=5),
+                             **NAMESPACES_ONLY)
+    left = _processes_with(token)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert res.timed_out and res.stdout == "forked\n", res.stderr
+    assert left == []
+
+
+_CTYPES_ROUTE = """
+import sys
+seen, todo = set(), [object]
+while todo:
+    cls = todo.pop()
+    for sub in type.__subclasses__(cls):
+        if sub not in seen:
+            seen.add(sub)
+            todo.append(sub)
+found = {c.__name__: c for c in seen if 'ctypes' in str(type.__dict__['__module__'].__get__(c))}
+print('CTYPES', len(found), sorted(m for m in sys.modules if 'ctypes' in m))
+if 'CDLL' in found:  # raw libc: no audit hook sees any of this
+    libc = found['CDLL'](None)
+    pid = libc.fork()
+    if pid == 0:
+        libc._exit(0)
+    print('DID fork' if pid > 0 else 'FAILED fork')
+    print('DID socket' if libc.socket(2, 1, 0) >= 0 else 'FAILED socket')
+    print('DID shell' if libc.system(b'true') == 0 else 'FAILED shell')
+import os, socket
+for name, act in (('fork', os.fork), ('socket', socket.socket), ('shell', lambda: os.system('true')),
+                  ('ctypes', lambda: __import__('ctypes'))):
+    try:
+        if act() == 0 and name == 'fork':
+            os._exit(0)
+        print('DID', name)
+    except Exception as e:
+        print('FAILED', name, type(e).__name__)
+"""
+
+
+def test_no_ctypes_reachable_through_subclasses_and_hook_holds():
+    res = sandbox.run_python(_CTYPES_ROUTE, limits=FAST)
+    assert res.passed, res.stderr
+    assert res.stdout.startswith("CTYPES 0 []\n"), res.stdout
+    assert "DID" not in res.stdout and res.stdout.count("FAILED") == 4, res.stdout
+
+
+_BURST = """
+import os
+made, error = 0, None
+try:
+    for i in range(COUNT):
+        with open(f'f{i}', 'wb') as f:
+            f.write(b'x' * SIZE)
+        made += 1
+except OSError as e:
+    error = e
+total = sum(os.path.getsize(n) for n in os.listdir('.') if n.startswith('f'))
+files = sum(n.startswith('f') for n in os.listdir('.'))
+print(made, files, total, type(error).__name__, error)
+"""
+
+
+def _burst(count, size):
+    return _BURST.replace("COUNT", str(count)).replace("SIZE", str(size))
+
+
+@_needs_mount_ns
+def test_disk_cap_stops_a_burst_of_bytes():
+    limits = sandbox.SandboxLimits(timeout_s=10.0, cpu_s=5, memory_mb=512, disk_mb=4)
+    res = sandbox.run_python(_burst(12, 1 << 20), limits=limits, **NAMESPACES_ONLY)
+    made, files, total, error = res.stdout.split()[:4]
+    assert error == "OSError" and "No space left" in res.stdout, res.stdout + res.stderr
+    assert int(total) <= 4 << 20 and int(made) < 4
+
+
+@pytest.mark.parametrize("walls", [pytest.param(NAMESPACES_ONLY, marks=_needs_mount_ns), HOOK_ONLY],
+                         ids=["tmpfs", "hook"])
+def test_file_cap_stops_a_burst_of_files(walls):
+    limits = sandbox.SandboxLimits(timeout_s=10.0, cpu_s=5, memory_mb=512, max_files=20,
+                                   file_size_mb=1)
+    res = sandbox.run_python(_burst(200, 10), limits=limits, **walls)
+    made, files, total, error = res.stdout.split()[:4]
+    assert error in ("OSError", "PermissionError"), res.stdout + res.stderr
+    assert int(made) <= 20 and int(files) <= 20
+    assert int(total) <= 20 * (1 << 20)  # at most max_files files of at most file_size_mb
+
+
+class _UnixListener:
+    """An AF_UNIX server on a socket file under the host's /tmp."""
+
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="sbx_sock_")
+        self.path = os.path.join(self.folder, "host.sock")
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(self.path)
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("walls", [pytest.param({}, marks=_needs_mount_ns), NAMESPACES_ONLY,
+                                   HOOK_ONLY], ids=["all", "namespaces", "hook"])
+def test_host_unix_socket_is_out_of_reach(walls):
+    if walls is NAMESPACES_ONLY and not sandbox.readonly_filesystem_available():
+        pytest.skip("no unprivileged user + mount namespaces here")
+    srv = _UnixListener()
+    try:
+        code = ("import socket, time\ns = socket.socket(socket.AF_UNIX)\n"
+                f"s.connect({srv.path!r})\ns.sendall(b'hello')\ntime.sleep(0.3)\n")
+        res = sandbox.run_python(code, limits=FAST, **walls)
+        time.sleep(0.3)
+        assert not res.passed and ("FileNotFoundError" in res.stderr
+                                   or "PermissionError: sandbox:" in res.stderr), res.stderr
+        assert srv.connections == 0
+    finally:
+        srv.close()
+
+
+_FRESH_BUILTIN_ROUTES = {  # ways to a copy of a module whose calls the hook swapped
+    "importlib_builtin_spec": (
+        "import importlib.machinery, importlib.util\n"
+        "spec = importlib.machinery.BuiltinImporter.find_spec('_signal')\n"
+        "importlib.util.module_from_spec(spec).pidfd_send_signal\n"),
+    "sys_modules_pop": "import sys\nsys.modules.pop('posix')\nimport posix\nposix.pidfd_open\n",
+    "imp_create_builtin": (
+        "import _imp, importlib.machinery\n"
+        "_imp.create_builtin(importlib.machinery.ModuleSpec('posix', None)).pidfd_open\n"),
+}
+
+
+@pytest.mark.parametrize("route", sorted(_FRESH_BUILTIN_ROUTES))
+def test_hook_refuses_fresh_copies_of_swapped_modules(route):
+    res = sandbox.run_python(_FRESH_BUILTIN_ROUTES[route], limits=FAST, **HOOK_ONLY)
+    assert not res.passed and "PermissionError: sandbox: importing" in res.stderr, res.stderr

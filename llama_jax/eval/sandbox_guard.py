@@ -1,116 +1,35 @@
-"""The program a sandboxed run starts (see `llama_jax.eval.sandbox`); stdlib only.
+"""The unprivileged half of a sandboxed run (see `llama_jax.eval.sandbox`); stdlib only.
 
-Run as ``python -I -B sandbox_guard.py ROOT PROGRAM CPU_S MEM_B FSIZE_B HOOK RO``:
+`sandbox_setup` execs a fresh ``python -I -S -B -c <this file> ROOT PROGRAM HOOK
+MAX_FILES`` once the namespaces, mounts and rlimits are in place, so nothing
+of the set-up (ctypes, the mount code) is loaded in this interpreter. Then:
 
-1. ``RO=1`` (the process already runs under ``unshare -rm``): make every mount
-   read-only except a bind mount of ROOT, then enter a second user + mount
-   namespace, in which those read-only flags are locked (the program, root in
-   the inner namespace, cannot remount them writable); /proc last.
-2. resource limits (CPU, address space, file size, no core dumps);
-3. ``HOOK=1``: an audit hook (`sys.addaudithook`; it cannot be removed) that
-   refuses writes outside ROOT, processes, sockets, ctypes and tampering with
-   itself. Everything it uses is bound at install time as default arguments of
-   functions defined here: module globals, `os.path`, builtins and the `os`
-   module can be rebound by the program without effect. Paths are resolved by
-   our own realpath over captured `posix` functions (symlinks, ``..``, the
-   current directory and ``dir_fd`` arguments included);
-4. executes PROGRAM as ``__main__``.
+1. ``HOOK=1``: an audit hook (`sys.addaudithook`; it cannot be removed) that
+   refuses writes outside ROOT, more than MAX_FILES new files, processes,
+   signals, sockets of every family (AF_UNIX included), sqlite (a ``file:``
+   URI, ``ATTACH DATABASE`` and ``VACUUM INTO`` write wherever they like),
+   ctypes and tampering with itself. Everything it uses is bound at install
+   time as default arguments of functions defined here: module globals,
+   `os.path`, builtins and the `os` module can be rebound by the program
+   without effect. Paths are resolved by our own realpath over captured
+   `posix` functions (symlinks, ``..``, the current directory and ``dir_fd``
+   arguments included). Calls that raise no audit event
+   (`_posixsubprocess.fork_exec`, `os.pidfd_open`,
+   `signal.pidfd_send_signal`, `os.setpriority`, ...) are swapped for
+   refusals, and the modules holding the originals cannot be imported again;
+2. executes PROGRAM as ``__main__``.
 
-The hook is a best-effort, in-process check (a second thread swapping a
-symlink between the check and the system call can race it); the read-only
-mount namespace of step 1 is the boundary that holds when the hook does not.
+The hook is a second wall, a best-effort, in-process check (a second thread
+swapping a symlink between the check and the system call can race it); the
+namespaces of `sandbox_setup` (PID, read-only mounts, network, disk cap) are
+the first, and the only boundary that holds when the hook does not.
 """
 
 import sys
 
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 
-
-def _unescape(field):
-    """A /proc/self/mountinfo path field: octal escapes (``\\040``) decoded."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def _readonly_filesystem(root):
-    """Step 1 of the module docstring; raises OSError naming what failed."""
-    import ctypes
-    import os
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                           ctypes.c_ulong, ctypes.c_void_p)
-    keep = {os.ST_NOSUID: 2, os.ST_NODEV: 4, os.ST_NOEXEC: 8, os.ST_NOATIME: 1024,
-            os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
-
-    def mount(source, target, flags):
-        if libc.mount(source and source.encode(), target.encode(), None, flags, None):
-            err = ctypes.get_errno()
-            raise OSError(err, f"mount({target!r}): {os.strerror(err)}")
-
-    def remount_readonly(target):
-        try:
-            have = os.statvfs(target).f_flag
-        except OSError:  # a mount point we cannot reach: neither can the program
-            return
-        # Locked flags (nosuid, atime, ...) must be repeated or the kernel says EPERM.
-        flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY
-        for st_flag, ms_flag in keep.items():
-            if have & st_flag:
-                flags |= ms_flag
-        mount(None, target, flags)
-
-    def mounts():
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            for line in f:
-                fields = line.split()
-                yield _unescape(fields[4]), fields[fields.index("-") + 1]
-
-    mount(None, "/", _MS_REC | _MS_PRIVATE)
-    root = os.path.realpath(root)
-    mount(root, root, _MS_BIND | _MS_REC)
-    os.chdir(root)  # the cwd must be the bind mount (writable), not the directory below it
-    for target, fstype in list(mounts()):
-        if target != root and fstype != "proc":
-            remount_readonly(target)
-    # Copies of these mounts in a namespace owned by a less privileged user
-    # namespace keep their read-only flag locked.
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS):
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWUSER|CLONE_NEWNS): {os.strerror(err)}")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
-            f.write(text)
-    for target, fstype in list(mounts()):
-        if fstype == "proc":
-            remount_readonly(target)
-    # Nothing of ctypes stays importable: the hook refuses to import it again.
-    for name in [m for m in sys.modules if m in ("ctypes", "_ctypes") or m.startswith("ctypes.")]:
-        del sys.modules[name]
-
-
-def _set_limits(cpu_s, mem_b, fsize_b):
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-    if mem_b > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (mem_b, mem_b))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_b, fsize_b))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _make_hook(root_arg):
-    """The audit hook for sandbox directory `root_arg` (see the module docstring)."""
+def _make_hook(root_arg, max_files):
+    """The audit hook for sandbox directory `root_arg`, allowing `max_files` new files."""
     import os
     import posix
 
@@ -156,7 +75,7 @@ def _make_hook(root_arg):
         "os.chown": ((0, 3),), "os.utime": ((0, 3),), "os.truncate": ((0, None),),
         "os.chflags": ((0, None),), "os.mkfifo": ((0, 2),), "os.mknod": ((0, 3),),
         "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
-        "shutil.rmtree": ((0, 1),), "sqlite3.connect": ((0, None),),
+        "shutil.rmtree": ((0, 1),),
     }
     blocked = frozenset((
         "socket.__new__", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
@@ -166,11 +85,19 @@ def _make_hook(root_arg):
         # Ways to reach or rewrite the hook, its frames or the process's limits.
         "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace",
         "sys.setprofile", "resource.setrlimit", "resource.prlimit",
+        # sqlite writes files itself (a file: URI, ATTACH DATABASE, VACUUM
+        # INTO), where the hook cannot see them, even from ":memory:".
+        "sqlite3.connect", "sqlite3.enable_load_extension", "sqlite3.load_extension",
+        "signal.pthread_kill",
     ))
     # Native modules that reach raw memory or start processes, matched on the
     # last dotted part (the one that names the extension's init function).
+    # `posix`, `_signal` and `_imp` hold the originals of what
+    # `_swap_unaudited_calls` replaced.
     blocked_imports = frozenset(("ctypes", "_ctypes", "_posixsubprocess", "_testcapi",
-                                 "_testinternalcapi"))
+                                 "_testinternalcapi", "posix", "_signal", "_imp"))
+
+    created = [0]  # new files so far; only the hook holds it
 
     def hook(event, args, _root=root, _prefix=root + "/", _realpath=realpath,
              _path_events=path_events.get, _blocked=blocked, _imports=blocked_imports,
@@ -178,7 +105,9 @@ def _make_hook(root_arg):
              _listdir=posix.listdir, _stat=posix.stat, _get=tuple.__getitem__, _type=type,
              _issubclass=issubclass, _str=str, _bytes=bytes, _int=int, _len=len,
              _str_of=str.__str__, _int_text=int.__repr__, _decode=bytes.decode,
-             _oserror=OSError, _error=PermissionError, _protected=()):
+             _oserror=OSError, _error=PermissionError, _created=created, _max_files=max_files,
+             _creating=("os.mkdir", "os.symlink", "os.link", "os.mkfifo", "os.mknod"),
+             _o_creat=os.O_CREAT, _protected=()):
         # Nothing below runs the program's code: no isinstance (which reads
         # __class__), no __fspath__, no methods of subclasses.
         def text(p):  # the path as an exact str, or None
@@ -218,6 +147,17 @@ def _make_hook(root_arg):
             if not inside(_realpath(s, base)):
                 raise _error(f"sandbox: {what} outside the sandbox is blocked: {s!r}")
 
+        def count_new_file(p, what):  # the disk cap's second wall: at most _max_files
+            try:
+                _stat(p)
+                return  # there already: rewriting it creates nothing
+            except _oserror:
+                pass
+            if _created[0] >= _max_files:
+                raise _error(f"sandbox: {what}: the run may create at most {_max_files} "
+                             "files (SandboxLimits.max_files)")
+            _created[0] += 1
+
         if event == "open":
             path, mode, flags = args
             writing = (_type(mode) is _str and ("w" in mode or "a" in mode or "x" in mode
@@ -227,6 +167,9 @@ def _make_hook(root_arg):
                 return
             check(path, None, "writing")
             s = text(path)
+            if (_type(mode) is _str and "r" not in mode) or (_type(flags) is _int
+                                                              and flags & _o_creat):
+                count_new_file(s, "writing")
             if mode is None and s[:1] != "/":
                 # os.open: the audit event does not say which dir_fd a relative
                 # path is relative to, so it must stay inside from every open
@@ -259,6 +202,7 @@ def _make_hook(root_arg):
             if not inside(_realpath(target, "/")):
                 raise _error(f"sandbox: a symlink to {text(args[0])!r} outside the sandbox "
                              "is blocked")
+            count_new_file(link, event)
         elif event == "object.__setattr__" or event == "object.__delattr__":
             for obj in _protected:
                 if args[0] is obj:
@@ -276,6 +220,10 @@ def _make_hook(root_arg):
                             continue  # a path object: the os.* events below it are checked
                         check(args[i], args[d] if d is not None and d < _len(args) else None,
                               event)
+                if event in _creating and event != "os.symlink":
+                    p = text(args[1] if event == "os.link" else args[0])
+                    if p is not None:
+                        count_new_file(p, event)
             elif event in _blocked or event[:7] == "socket." or event[:7] == "ctypes.":
                 raise _error(f"sandbox: {event} is blocked (no network, no processes)")
 
@@ -287,31 +235,53 @@ def _make_hook(root_arg):
     return hook
 
 
-def _block_process_spawning():
-    """Swap `_posixsubprocess.fork_exec` (it starts processes without an audit
-    event) for a refusal; the hook refuses to import the module again."""
+def _swap_unaudited_calls():
+    """Swap calls that act on other processes without raising an audit event
+    for refusals (`_posixsubprocess.fork_exec` starts processes, the pidfd
+    calls signal any process of the user, `setpriority` and the scheduler
+    calls renice them); the hook refuses to import their modules again, and
+    `_imp.create_builtin` (how `importlib` makes a fresh copy of a built-in
+    module without an import event) refuses them too."""
+    import _frozen_importlib
+    import _imp
     import _posixsubprocess
+    import _signal
+    import os
+    import posix
+    import signal
 
-    def fork_exec(*args, **kwargs):
-        raise PermissionError("sandbox: starting processes is blocked")
+    def refuse(*args, **kwargs):
+        raise PermissionError("sandbox: acting on other processes is blocked")
 
-    _posixsubprocess.fork_exec = fork_exec
+    _posixsubprocess.fork_exec = refuse
+    for module in (os, posix):
+        for name in ("pidfd_open", "setpriority", "sched_setaffinity", "sched_setscheduler",
+                     "sched_setparam", "setpgid", "setsid", "setns", "unshare"):
+            if hasattr(module, name):
+                setattr(module, name, refuse)
+    for module in (signal, _signal):
+        if hasattr(module, "pidfd_send_signal"):
+            module.pidfd_send_signal = refuse
+    create_builtin = _imp.create_builtin
+    refused = frozenset(("posix", "_signal", "_imp", "_posixsubprocess", "_ctypes"))
+
+    def create_builtin_checked(spec, _create=create_builtin, _refused=refused,
+                               _spec=_frozen_importlib.ModuleSpec, _str=str, _type=type):
+        name = spec.name
+        if _type(name) is not _str or name in _refused:
+            raise PermissionError(f"sandbox: importing {name!r} is blocked")
+        # A spec of our own, so the name _create reads is the one checked.
+        return _create(_spec(name, None, origin="built-in"))
+
+    _imp.create_builtin = create_builtin_checked
 
 
 def main(argv):
-    """Set up the sandbox in this process, then run the program (see the docstring)."""
-    root, program = argv[1], argv[2]
-    cpu_s, mem_b, fsize_b, hook_on, readonly = (int(x) for x in argv[3:8])
-    if readonly:
-        try:
-            _readonly_filesystem(root)
-        except OSError as e:
-            print(f"sandbox: read-only filesystem set-up failed: {e}", file=sys.stderr)
-            return 3
-    _set_limits(cpu_s, mem_b, fsize_b)
+    """Install the hook (HOOK=1), then run the program (see the docstring)."""
+    root, program, hook_on, max_files = argv[1], argv[2], int(argv[3]), int(argv[4])
     if hook_on:
-        _block_process_spawning()
-        sys.addaudithook(_make_hook(root))
+        _swap_unaudited_calls()
+        sys.addaudithook(_make_hook(root, max_files))
     sys.argv = [program]
     with open(program, encoding="utf-8") as f:
         source = f.read()
