@@ -7,7 +7,10 @@
 - `corpus`: `ensure_corpus` builds the embedded default corpus and its tokenizer.
 - `tfds_builder`: turn a local folder of text into a TFDS array_record data set.
 
-Submodules are imported on first use so that `import llama_jax.data` stays cheap.
+The names above resolve on first use (PEP 562) rather than by importing every
+submodule here: ``python -m llama_jax.data.corpus`` runs that module as
+``__main__``, and a package that had already imported it would hold two copies.
+Code inside the package imports the submodules directly.
 """
 
 import importlib
