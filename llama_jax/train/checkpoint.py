@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -41,10 +42,18 @@ SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multi
                 "ffn_dim_multiplier", "hidden_dim", "param_dtype")
 
 
-def _grain_handler():
-    import grain
-
-    return grain.checkpoint.CheckpointHandler()
+def _handler_registry(with_data: bool) -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Which handler writes and reads each item (orbax's current API; the
+    ``item_handlers=`` dict is deprecated since orbax 0.12)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(STATE, ocp.args.StandardSave, ocp.StandardCheckpointHandler)
+    registry.add(STATE, ocp.args.StandardRestore, ocp.StandardCheckpointHandler)
+    registry.add(META, ocp.args.JsonSave, ocp.JsonCheckpointHandler)
+    registry.add(META, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
+    if with_data:
+        registry.add(DATA, grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
+        registry.add(DATA, grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
+    return registry
 
 
 class Checkpointer:
@@ -64,14 +73,12 @@ class Checkpointer:
         self.directory = Path(directory)
         self.every = every
         self.with_data = with_data
-        handlers = {STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
-        if with_data:
-            handlers[DATA] = _grain_handler()
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every, max_to_keep=keep, create=True,
+            save_interval_steps=every, create=True,
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options,
-                                             item_handlers=handlers)
+                                             handler_registry=_handler_registry(with_data))
 
     def latest_step(self) -> int | None:
         """The newest finalized step, or None."""
@@ -103,8 +110,6 @@ class Checkpointer:
         if self.with_data:
             if data_iterator is None:
                 raise ValueError("this Checkpointer saves a data item; pass data_iterator")
-            import grain
-
             items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
@@ -136,8 +141,6 @@ class Checkpointer:
                 + "\nUse the config that wrote it, or a fresh --workdir.")
         items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
         if self.with_data and data_iterator is not None:
-            import grain
-
             items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
