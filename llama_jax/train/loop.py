@@ -2,7 +2,8 @@
 
 Order of work, so that every user error surfaces before anything compiles:
 config values -> joining the multi-process job (before anything touches a
-JAX backend) -> the workdir's saved model config and run settings -> data
+JAX backend) -> the workdir's lock (one trainer per workdir) -> the newest
+checkpoint that verifies, its saved model config and run settings -> data
 paths and tokenizer -> mesh and rules -> abstract state -> restore (or init)
 -> jitted steps -> loop. The loop feeds packed global batches from the grain
 iterator to the jitted train step, logs every ``train.log_every`` steps (with
