@@ -38,6 +38,10 @@ class ConversionError(LlamaJaxError):
     """A checkpoint that cannot be read or written as asked."""
 
 
+class CheckpointError(LlamaJaxError):
+    """A training checkpoint that fails verification or cannot be restored."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/Inf; the message names the last good checkpoint.
 

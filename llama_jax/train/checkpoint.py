@@ -11,8 +11,17 @@ devices, then written by a background thread while training goes on. orbax
 writes each step into ``<step>.orbax-checkpoint-tmp*`` and renames it to
 ``<step>`` only once every item is complete (``commit_success.txt`` marks it on
 object stores), so a kill at any moment leaves every finalized step readable
-and an unfinished one is ignored on restart. The last ``checkpoint.keep``
-steps are kept.
+and an unfinished one is ignored on restart.
+
+Integrity (`llama_jax.train.integrity`): each step also carries
+``digests.json`` (size and SHA-256 of every file), written from orbax's
+post-finalization callback just before the rename, so a step never appears
+without it. `Checkpointer.resume_step` verifies steps newest first, warns about
+each that fails (naming the step and why), moves those newer than the one it
+picks to ``checkpoints/rejected/`` (so the resumed run can write their step
+numbers again) and raises `CheckpointError` when none verifies. The last
+``checkpoint.keep`` steps are kept, and never fewer than the newest verified
+step.
 
 The layout's names and `load_params` (the parameters of a finalized step, as
 `from_pretrained` reads them) live in `llama_jax.convert.workdir`; SIGTERM/SIGINT
@@ -21,30 +30,66 @@ handling in `llama_jax.distributed.PreemptionHandler`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from llama_jax.convert.workdir import DATA, META, STATE, read_meta
-from llama_jax.errors import ConfigError
+from llama_jax.errors import CheckpointError, ConfigError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.sharding import path_str
+from llama_jax.train import integrity
 
 # Model-config fields that change parameter shapes: a checkpoint with different
 # values cannot be resumed. (The stored tree's layout, scan_layers, is a run
 # option recorded beside the model config, see `check_model_matches`.)
 SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
                 "ffn_dim_multiplier", "hidden_dim", "param_dtype")
+REJECTED = "rejected"  # checkpoints/rejected/<step>-<time>: steps that failed verification
 
 
-def _grain_handler():
-    import grain
+@dataclasses.dataclass
+class KeepLatestAndVerified:
+    """orbax preservation policy: the newest `n` steps, plus the newest verified one.
 
-    return grain.checkpoint.CheckpointHandler()
+    A resumed run that fell back past an unverifiable step must not let
+    ``checkpoint.keep`` delete its only good step before a new one is
+    finalized (and digested).
+    """
+
+    n: int
+    verified: Callable[[], int | None]
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        """One bool per checkpoint (oldest first): keep it."""
+        keep = ocp.checkpoint_managers.LatestN(self.n).should_preserve(checkpoints,
+                                                                       context=context)
+        protect = self.verified()
+        return [bool(k) or c.step == protect for k, c in zip(keep, checkpoints, strict=True)]
+
+
+def _handler_registry(with_data: bool) -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Which handler writes and reads each item (orbax's current API; the
+    ``item_handlers=`` dict is deprecated since orbax 0.12)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(STATE, ocp.args.StandardSave, ocp.StandardCheckpointHandler)
+    registry.add(STATE, ocp.args.StandardRestore, ocp.StandardCheckpointHandler)
+    registry.add(META, ocp.args.JsonSave, ocp.JsonCheckpointHandler)
+    registry.add(META, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
+    if with_data:
+        registry.add(DATA, grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointHandler)
+        registry.add(DATA, grain.checkpoint.CheckpointRestore, grain.checkpoint.CheckpointHandler)
+    return registry
 
 
 class Checkpointer:
@@ -54,9 +99,14 @@ class Checkpointer:
       directory: the checkpoints directory (see `checkpoint_dir`).
       every: save every `every` steps (`should_save`); forced saves (end of
         run, preemption) ignore it.
-      keep: keep the last `keep` finalized checkpoints.
-      async_save: write in a background thread.
+      keep: keep the last `keep` finalized checkpoints (and the newest
+        verified one, see `KeepLatestAndVerified`).
+      async_save: write in a background thread (otherwise `save` waits).
       with_data: whether checkpoints carry a data-iterator item.
+
+    Attributes:
+      verified_step: the newest step known good: the one `resume_step`
+        picked, or the last one this checkpointer saved (and digested).
     """
 
     def __init__(self, directory: str | Path, *, every: int = 1, keep: int = 3,
@@ -64,14 +114,19 @@ class Checkpointer:
         self.directory = Path(directory)
         self.every = every
         self.with_data = with_data
-        handlers = {STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
-        if with_data:
-            handlers[DATA] = _grain_handler()
+        self.async_save = async_save
+        self.verified_step: int | None = None
+        self._in_flight: int | None = None  # the step being written
+        self._undigested: int | None = None  # finalized without a temp dir to digest in
+        # Always orbax's async checkpointer: its post-finalization callback writes
+        # the digests (a synchronous save waits at once, see `save`).
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every, max_to_keep=keep, create=True,
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+            save_interval_steps=every, create=True,
+            preservation_policy=KeepLatestAndVerified(keep, lambda: self.verified_step),
+            enable_async_checkpointing=True, cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._finalized))
         self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options,
-                                             item_handlers=handlers)
+                                             handler_registry=_handler_registry(with_data))
 
     def latest_step(self) -> int | None:
         """The newest finalized step, or None."""
@@ -96,17 +151,110 @@ class Checkpointer:
         key_data = np.asarray(jax.random.key_data(rng))
         key_data = jax.make_array_from_callback(key_data.shape, _everywhere(),
                                                 lambda index: key_data[index])
+        # "digests" tells a step whose digests.json went missing from a legacy one.
+        meta = dict(meta, step=int(step), digests=integrity.DIGESTS)
         items = {
             STATE: ocp.args.StandardSave({"train_state": state, "rng": key_data}),
-            META: ocp.args.JsonSave(_jsonable(dict(meta, step=int(step)))),
+            META: ocp.args.JsonSave(_jsonable(meta)),
         }
         if self.with_data:
             if data_iterator is None:
                 raise ValueError("this Checkpointer saves a data item; pass data_iterator")
-            import grain
-
             items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self.wait()  # One save at a time: the callback digests `_in_flight`.
+        self._in_flight = int(step)
+        started = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if not started:
+            self._in_flight = None
+        elif not self.async_save:
+            self.wait()
+        return started
+
+    def _finalized(self) -> None:
+        """orbax's post-finalization callback (its finalize thread, every
+        process): every item of `_in_flight` is written, the temporary
+        directory not yet renamed. Process 0 digests it there."""
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            return
+        if jax.process_index() == 0:
+            tmp = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"),
+                         key=lambda p: p.stat().st_mtime)
+            if tmp:
+                integrity.write_digests(tmp[-1])
+            else:  # No temporary directory (e.g. an object store): digest after the commit.
+                self._undigested = step
+        self.verified_step = step
+
+    def resume_step(self, *, verify: bool = True) -> int | None:
+        """The newest step that verifies (None without checkpoints).
+
+        Steps are checked newest first (`integrity.verify_step`). Each that
+        fails is logged as a warning with its reason; those newer than the
+        step picked are moved to ``checkpoints/rejected/`` so this run can
+        write their step numbers again. Steps written before digests existed
+        are accepted with a warning. With `verify=False` the newest step is
+        taken unchecked.
+
+        Raises:
+          CheckpointError: steps exist but none verifies.
+        """
+        steps = self.all_steps()
+        if not steps:
+            return None
+        if not verify:
+            logging.warning("checkpoint.verify=False: resuming from step %d in %s without "
+                            "checking its digests", steps[-1], self.directory)
+            self.verified_step = steps[-1]
+            return steps[-1]
+        chosen, failures = None, []
+        if jax.process_index() == 0:
+            chosen, failures = self._newest_verified(steps)
+            if chosen is not None:
+                self._set_aside([s for s, _ in failures])
+        if jax.process_count() > 1:  # Process 0 decides; everyone follows.
+            code = multihost_utils.broadcast_one_to_all(np.int64(-1 if chosen is None else chosen))
+            chosen = None if int(code) < 0 else int(code)
+            multihost_utils.sync_global_devices("llama_jax:resume_step")
+        self.manager.reload()
+        if chosen is None:
+            why = "; ".join(f"step {s}: {r}" for s, r in failures) or "see process 0's log"
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} passes verification ({why}). Start a "
+                "fresh --workdir, or set --config.checkpoint.verify=False to resume from the "
+                "newest step unchecked (at your own risk).")
+        self.verified_step = chosen
+        return chosen
+
+    def _newest_verified(self, steps: list[int]) -> tuple[int | None, list[tuple[int, str]]]:
+        """(newest verifying step or None, [(step, reason)] of the newer ones that failed)."""
+        failures = []
+        for step in reversed(steps):
+            verdict = integrity.verify_step(self.directory / str(step), with_data=self.with_data)
+            if verdict.ok:
+                if verdict.legacy:
+                    logging.warning("checkpoint step %d in %s has no %s (written before digests "
+                                    "were recorded): resuming from it unverified", step,
+                                    self.directory, integrity.DIGESTS)
+                if failures:
+                    logging.warning("checkpoint: falling back to step %d, the newest that "
+                                    "verifies", step)
+                return step, failures
+            logging.warning("checkpoint step %d in %s failed verification: %s", step,
+                            self.directory, verdict.reason)
+            failures.append((step, verdict.reason))
+        return None, failures
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move `steps` to ``checkpoints/rejected/<step>-<time>`` (kept for inspection)."""
+        if not steps:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        (self.directory / REJECTED).mkdir(exist_ok=True)
+        for step in steps:
+            dst = self.directory / REJECTED / f"{step}-{stamp}"
+            (self.directory / str(step)).rename(dst)
+            logging.warning("checkpoint: moved the unverified step %d to %s", step, dst)
 
     def restore(self, step: int, abstract_state: Any, *, abstract_rng: jax.Array,
                 data_iterator: Any = None) -> tuple[Any, jax.Array, dict]:
@@ -127,26 +275,31 @@ class Checkpointer:
         target = {"train_state": abstract_state,
                   "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype,
                                               sharding=_everywhere())}
-        saved = self.manager.item_metadata(step)[STATE]
+        try:
+            saved = self.manager.item_metadata(step)[STATE]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CheckpointError(
+                f"could not read the array metadata of checkpoint step {step} in "
+                f"{self.directory}: {e}\nIts files are damaged; move the step out of the way "
+                "to resume from an older one, or use a fresh --workdir.") from e
         diffs = _shape_diffs(getattr(saved, "tree", saved), target)
         if diffs:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} holds arrays of other shapes than "
                 "this run's train state:\n  " + "\n  ".join(diffs[:8])
                 + "\nUse the config that wrote it, or a fresh --workdir.")
         items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
         if self.with_data and data_iterator is not None:
-            import grain
-
             items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CheckpointError(
                 f"could not restore checkpoint step {step} from {self.directory}: {e}\n"
                 "The saved train state or data position does not match this run (model "
-                "shape, optimizer, data sources or process count changed?). Use the original "
-                "config or a fresh --workdir."
+                "shape, optimizer, data sources or process count changed?), or its files are "
+                "damaged. Use the original config, a fresh --workdir, or move the step out of "
+                "the way to resume from an older one."
             ) from e
         restored = out[STATE]
         rng = jax.random.wrap_key_data(np.asarray(restored["rng"]))
@@ -160,11 +313,15 @@ class Checkpointer:
         return read_meta(self.directory / str(step))
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are finalized."""
+        """Block until pending asynchronous saves are finalized (and digested)."""
         self.manager.wait_until_finished()
+        step, self._undigested = self._undigested, None
+        if step is not None and (self.directory / str(step)).is_dir():
+            integrity.write_digests(self.directory / str(step))
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for pending saves, then release orbax's threads."""
+        self.wait()
         self.manager.close()
 
 

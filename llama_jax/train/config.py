@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Write in the background. Named ``async_save``: ``async`` is a Python keyword,
     # which config_flags cannot override.
     c.checkpoint.async_save = True
+    # Check each step's file digests before resuming and fall back to the newest
+    # step that verifies; False resumes from the newest step unchecked.
+    c.checkpoint.verify = True
 
     c.mesh = ml_collections.ConfigDict()
     # Mesh axis sizes; one may be -1 (= the rest of the devices).

@@ -2,7 +2,8 @@
 
 Order of work, so that every user error surfaces before anything compiles:
 config values -> joining the multi-process job (before anything touches a
-JAX backend) -> the workdir's saved model config and run settings -> data
+JAX backend) -> the workdir's lock (one trainer per workdir) -> the newest
+checkpoint that verifies, its saved model config and run settings -> data
 paths and tokenizer -> mesh and rules -> abstract state -> restore (or init)
 -> jitted steps -> loop. The loop feeds packed global batches from the grain
 iterator to the jitted train step, logs every ``train.log_every`` steps (with
@@ -56,6 +57,7 @@ from llama_jax.train.step import (
     make_train_step,
 )
 from llama_jax.train.step_metrics import StepMetrics
+from llama_jax.train.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass
@@ -298,20 +300,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info("process %d of %d, %d local devices of %d", info.process_index,
                      info.process_count, info.local_device_count, info.device_count)
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    ck = config.checkpoint
-    checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), every=ck.every,
-                                         keep=ck.keep, async_save=ck.async_save)
-    try:  # Closed on every path: an unclosed manager's threads fail at interpreter exit.
-        return _train(config, mcfg, workdir, checkpointer, t0)
+    # One trainer per workdir, taken before the checkpointer opens (its start-up
+    # deletes unfinished steps, such as another run's save in progress).
+    lock = WorkdirLock(workdir)
+    if jax.process_index() == 0:
+        lock.acquire()
+    try:
+        ck = config.checkpoint
+        checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), every=ck.every,
+                                             keep=ck.keep, async_save=ck.async_save)
+        try:  # Closed on every path: an unclosed manager's threads fail at interpreter exit.
+            return _train(config, mcfg, workdir, checkpointer, t0)
+        finally:
+            checkpointer.close()
     finally:
-        checkpointer.close()
+        lock.release()
 
 
 def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
            checkpointer: ckpt_lib.Checkpointer, t0: float) -> TrainResult:
     """`train_and_evaluate` once the workdir's checkpointer is open."""
     t = config.train
-    latest = checkpointer.latest_step()
+    # The newest step that verifies; a damaged newer one is reported and set aside.
+    latest = checkpointer.resume_step(verify=config.checkpoint.verify)
     meta = checkpointer.read_meta(latest) if latest is not None else None
     if meta is not None:
         ckpt_lib.check_model_matches(meta["model_config"], mcfg, workdir,
@@ -372,7 +383,7 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
 
     def last_good() -> tuple[int | None, str]:
         checkpointer.wait()  # An in-flight save may be the last good one.
-        return checkpointer.latest_step(), str(checkpointer.directory)
+        return checkpointer.verified_step, str(checkpointer.directory)
 
     tracker = StepMetrics(on_nonfinite=t.on_nonfinite, max_consecutive_skips=t.max_consecutive_skips,
                           record=log.step_done, last_good=last_good)

@@ -37,6 +37,7 @@ from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summaries
 from tqdm import tqdm
 
+from llama_jax.data.tokenizer import atomic_write
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import abstract_params
 
@@ -127,12 +128,15 @@ class MetricWriter:
     def truncate_after(self, step: int) -> int:
         """Drop records with step > `step` (a resumed run recomputes them).
 
-        Returns the number of records dropped.
+        The file is rewritten through a temporary file in the same folder and a
+        rename, so a kill at any moment leaves either the old history or the
+        new one, never a partial file. Nothing is rewritten when nothing is
+        dropped. Returns the number of records dropped.
         """
         if not self.enabled or not self.path.exists():
             return 0
         kept, dropped = [], 0
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # A line cut by a kill.
@@ -142,7 +146,8 @@ class MetricWriter:
                 dropped += 1
             else:
                 kept.append(line)
-        self.path.write_text("".join(k + "\n" for k in kept))
+        if dropped:
+            atomic_write(str(self.path), "".join(k + "\n" for k in kept).encode("utf-8"))
         return dropped
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
