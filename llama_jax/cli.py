@@ -146,6 +146,27 @@ def check_output_file(path: str, flag: str) -> None:
                                  f"({e.strerror or e}); choose another path") from None
 
 
+def check_folder(path: str, flag: str) -> None:
+    """Before any work: a `ConfigError` naming `flag` unless `path` is or can be made a
+    writable folder (it is a file, lies under a file, or its nearest existing folder
+    cannot be written). Creates nothing."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise errors.ConfigError(f"--{flag}={path} is a file, not a folder; choose a folder "
+                                 "path (a new one, or an existing one)")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise errors.ConfigError(f"--{flag}={path}: {probe} is a file, not a folder; choose a "
+                                 "path whose parents are folders")
+    try:  # a real write: os.access says yes to root on a read-only mount
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise errors.ConfigError(f"--{flag}={path}: the folder {probe} is not writable "
+                                 f"({e.strerror or e}); choose a writable folder") from None
+
+
 def _root_user_error(error: BaseException) -> BaseException | None:
     """The innermost `LlamaJaxError` that `error` was raised from, if any.
 
