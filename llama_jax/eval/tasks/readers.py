@@ -145,9 +145,9 @@ def read_json(path: str, expected: str, list_keys: Sequence[str] = ("Data", "dat
     if isinstance(obj, dict):
         for key in list_keys:
             if isinstance(obj.get(key), list):
-                return obj[key]
+                return _not_empty(obj[key], path, expected)
         return obj
-    return obj
+    return _not_empty(obj, path, expected) if isinstance(obj, list) else obj
 
 
 def read_parquet(path: str, expected: str) -> list[dict[str, Any]]:
