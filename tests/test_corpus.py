@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,10 @@ from llama_jax import PRESETS
 from llama_jax.data import corpus as corpus_lib
 from llama_jax.data import mixture as M
 from llama_jax.data.sources import DataError, build_source
+from llama_jax.train.config_file import load_config_file
+from llama_jax.train.data import source_specs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +111,10 @@ def test_a_truncated_corpus_is_refused_and_never_retrains_the_tokenizer(corpus, 
                                             r"\d+ .*corpus --rebuild --root="):
             corpus_lib.ensure_corpus(root, vocab_size=vocab)
     assert _files(root) == before  # nothing retrained, rewritten or added
+    data_cfg = load_config_file(str(REPO / "configs" / "tiny.py")).data
+    data_cfg.root = root
+    with pytest.raises(DataError, match=r"books\.jsonl is \d+ bytes.*--rebuild"):
+        source_specs(data_cfg, 4096)  # what a training run on this corpus does first
     assert corpus_lib.main(["--root", root]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: corpus file ") and "--rebuild" in err
