@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -122,6 +123,48 @@ def user_errors() -> Iterator[None]:
         raise
     except ValueError as e:
         raise errors.LlamaJaxError(one_line(e)) from e
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """Before any work: a `ConfigError` naming `flag` unless `path` can be written.
+
+    For a CLI's output file (``--output``, ``--markdown``): its folder must
+    exist and take a file, and `path` must not be a folder, so a long run
+    never ends in a write that fails.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise errors.ConfigError(f"--{flag}={path} is a folder; give a file path")
+    if not os.path.isdir(folder):
+        what = "is a file" if os.path.exists(folder) else "does not exist"
+        raise errors.ConfigError(f"--{flag}={path}: the folder {folder} {what}; create it "
+                                 f"(mkdir -p {folder}) or choose another path")
+    try:  # a real write: os.access says yes to root on a read-only mount
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise errors.ConfigError(f"--{flag}={path}: the folder {folder} is not writable "
+                                 f"({e.strerror or e}); choose another path") from None
+
+
+def check_folder(path: str, flag: str) -> None:
+    """Before any work: a `ConfigError` naming `flag` unless `path` is or can be made a
+    writable folder (it is a file, lies under a file, or its nearest existing folder
+    cannot be written). Creates nothing."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise errors.ConfigError(f"--{flag}={path} is a file, not a folder; choose a folder "
+                                 "path (a new one, or an existing one)")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise errors.ConfigError(f"--{flag}={path}: {probe} is a file, not a folder; choose a "
+                                 "path whose parents are folders")
+    try:  # a real write: os.access says yes to root on a read-only mount
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise errors.ConfigError(f"--{flag}={path}: the folder {probe} is not writable "
+                                 f"({e.strerror or e}); choose a writable folder") from None
 
 
 def _root_user_error(error: BaseException) -> BaseException | None:

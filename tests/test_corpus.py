@@ -5,6 +5,8 @@ import importlib.util
 import inspect
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,10 @@ from llama_jax import PRESETS
 from llama_jax.data import corpus as corpus_lib
 from llama_jax.data import mixture as M
 from llama_jax.data.sources import DataError, build_source
+from llama_jax.train.config_file import load_config_file
+from llama_jax.train.data import source_specs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +85,60 @@ def test_default_root_honours_the_environment(monkeypatch, tmp_path):
     assert corpus_lib.default_root() == str(tmp_path / "data")
     monkeypatch.delenv("LLAMA_JAX_DATA")
     assert corpus_lib.default_root().endswith(os.path.join(".cache", "llama_jax", "corpus"))
+
+
+def _copy_corpus(corpus, dst):
+    """A copy of the built corpus whose manifest points at the copy (paths are relative)."""
+    shutil.copytree(corpus.root, dst)
+    return str(dst)
+
+
+def _files(root):
+    return {n: (os.path.getsize(os.path.join(root, n)), os.path.getmtime(os.path.join(root, n)))
+            for n in sorted(os.listdir(root))}
+
+
+def test_a_truncated_corpus_is_refused_and_never_retrains_the_tokenizer(corpus, tmp_path, capsys):
+    root = _copy_corpus(corpus, tmp_path / "c")
+    books = os.path.join(root, "books.jsonl")
+    with open(books, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(books, "wb") as f:  # cut at a line end: still valid JSONL, just less of it
+        f.writelines(lines[: len(lines) // 2])
+    before = _files(root)
+    for vocab in (4096, 1234):  # the built tokenizer, and one that would be trained now
+        with pytest.raises(DataError, match=r"books\.jsonl is \d+ bytes but the manifest recorded "
+                                            r"\d+ .*corpus --rebuild --root="):
+            corpus_lib.ensure_corpus(root, vocab_size=vocab)
+    assert _files(root) == before  # nothing retrained, rewritten or added
+    data_cfg = load_config_file(str(REPO / "configs" / "tiny.py")).data
+    data_cfg.root = root
+    with pytest.raises(DataError, match=r"books\.jsonl is \d+ bytes.*--rebuild"):
+        source_specs(data_cfg, 4096)  # what a training run on this corpus does first
+    assert corpus_lib.main(["--root", root]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: corpus file ") and "--rebuild" in err
+    assert _files(root) == before
+
+
+def test_a_damaged_manifest_or_tokenizer_is_refused(corpus, tmp_path):
+    root = _copy_corpus(corpus, tmp_path / "c")
+    os.unlink(os.path.join(root, "tokenizer.model"))
+    with pytest.raises(DataError, match=r"tokenizer\.model is missing; run .*--rebuild"):
+        corpus_lib.ensure_corpus(root)
+    assert not os.path.exists(os.path.join(root, "tokenizer.model"))
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        f.write('{"version": 2, "file_b')
+    with pytest.raises(DataError, match=r"manifest\.json cannot be read .*--rebuild"):
+        corpus_lib.ensure_corpus(root)
+
+
+def test_bad_root_and_vocab_size_are_refused_before_writing(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    with pytest.raises(DataError, match=r"a_file is a file, not a folder; pass a folder with --root"):
+        corpus_lib.ensure_corpus(str(a_file))
+    assert corpus_lib.main(["--root", str(tmp_path / "c"), "--vocab_size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vocab_size=0 must be an int >= 260" in err
+    assert not (tmp_path / "c").exists()

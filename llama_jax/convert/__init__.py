@@ -32,6 +32,8 @@ from llama_jax.convert.common import (
     ConversionError,
     atomic_directory,
     canonical_params,
+    check_destination,
+    check_disjoint,
     params_dtype_name,
     resolve_dtype,
     stack_layers,
@@ -225,14 +227,18 @@ def convert_checkpoint(
 ) -> LlamaConfig:
     """Load `src` (any layout) and write it to `dst` as `dst_format`; the config.
 
+    A `dst` that is, contains or lies inside `src` is refused before anything
+    is written (`check_disjoint`), as is one that cannot be written
+    (`check_destination`), so ``overwrite`` can never delete the source.
+
     The tokenizer travels with the weights: `tokenizer` if given, else the
     ``tokenizer.model`` that `find_tokenizer` finds for `src` (in it, beside
     a Meta release, or in a training workdir), else none.
     """
     if dst_format not in FORMATS:
         raise ConversionError(f"dst_format={dst_format!r} is not one of {FORMATS}")
-    if Path(src).resolve() == Path(dst).resolve():
-        raise ConversionError(f"src and dst are the same directory ({src})")
+    check_disjoint(src, dst)  # before anything is read, written or deleted
+    check_destination(dst, overwrite)
     found = tokenizer if tokenizer is not None else find_tokenizer(src)
     tok = None if found is None else load_tokenizer(found)
     config, params = from_pretrained(src, dtype=dtype, progress=progress)

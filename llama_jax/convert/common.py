@@ -363,21 +363,64 @@ def split_layer_key(name: str) -> tuple[int, str] | None:
 
 # ----------------------------------------------------------------------------- files
 
+def check_disjoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Refuse a `dst` that is, contains or lies inside `src` (paths resolved, symlinks followed).
+
+    Writing (and, with ``--overwrite``, replacing) such a `dst` would delete
+    or clobber the source being read; checked before anything is written.
+    """
+    src_r, dst_r = Path(src).resolve(), Path(dst).resolve()
+    if src_r == dst_r:
+        raise ConversionError(f"--src and --dst are the same directory ({src_r}); choose a "
+                              "--dst outside the source checkpoint")
+    if dst_r in src_r.parents:
+        raise ConversionError(f"--dst={dst} contains --src={src} ({dst_r} holds {src_r}); "
+                              "writing it would delete the source: choose a --dst outside it")
+    if src_r in dst_r.parents:
+        raise ConversionError(f"--dst={dst} lies inside --src={src} ({dst_r} is under "
+                              f"{src_r}); choose a --dst outside the source checkpoint")
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a destination that cannot be written, before anything is loaded or written.
+
+    A `path` that is a file, a non-empty folder without `overwrite`, a path
+    under a file, or one whose nearest existing folder is not writable raises
+    `ConversionError` naming it and the fix. Creates nothing; returns `path`.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ConversionError(f"destination {path} exists and is not a directory; "
+                                  "choose a folder path")
+        if any(path.iterdir()) and not overwrite:
+            raise ConversionError(f"destination {path} is not empty; choose another path or "
+                                  "pass overwrite=True (--overwrite) to replace it")
+    for parent in path.absolute().parents:
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise ConversionError(f"destination {path}: {parent} is a file, not a folder; "
+                                  "choose a destination whose parents are folders")
+        try:  # a real write (os.access says yes to root on a read-only mount)
+            tempfile.TemporaryFile(dir=parent).close()
+        except OSError as e:
+            raise ConversionError(f"destination {path}: the folder {parent} is not writable "
+                                  f"({e.strerror or e}); choose a writable destination") from None
+        break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temp directory that replaces `path` only on success.
 
     The temp directory is a sibling of `path` (same filesystem, so the final
     rename is atomic). On an exception it is removed and `path` is untouched.
-    A non-empty existing `path` is refused unless `overwrite`.
+    A destination `check_destination` refuses (non-empty without `overwrite`,
+    under a file, not writable) is refused before anything is written.
     """
-    path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            raise ConversionError(f"destination {path} exists and is not a directory")
-        if any(path.iterdir()) and not overwrite:
-            raise ConversionError(f"destination {path} is not empty; choose another path or "
-                                  "pass overwrite=True (--overwrite) to replace it")
+    path = check_destination(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

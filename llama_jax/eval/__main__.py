@@ -11,7 +11,9 @@ from ``--data_dir/<task>/`` (see docs/eval.md). Writes the JSON
 results (rewritten after each task) and a markdown table beside the paper's
 numbers for the nearest LLaMA size (``--markdown``, default: output with .md).
 Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags, task list,
-mesh, checkpoint, tokenizer, data set: one ``error: ...`` line); 1 otherwise.
+mesh, checkpoint, tokenizer, data set, an empty data file, an --output that
+cannot be written: one ``error: ...`` line, the flags and paths checked before
+the model loads); 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import os
 
 from absl import app, flags, logging
 
-from llama_jax.cli import run_cli, user_errors
+from llama_jax.cli import check_output_file, run_cli, user_errors
 from llama_jax.convert import from_pretrained
 from llama_jax.data.tokenizer import Tokenizer
 from llama_jax.eval import paper_results, report
-from llama_jax.eval.runner import build_context, evaluate
+from llama_jax.eval.runner import build_context, check_batch_size, evaluate
 from llama_jax.eval.tasks import EvalOptions, parse_task_list
+from llama_jax.eval.tasks.base import check_limit
 from llama_jax.infer import placement
 from llama_jax.model import count_params
 
@@ -36,7 +39,7 @@ flags.DEFINE_string("tasks", None, "Comma-separated tasks, each 'name' or 'name:
 flags.DEFINE_string("data_dir", None, "Root holding one folder of published data files (or a "
                     "TFDS array_record data set) per task.")
 flags.DEFINE_integer("num_fewshot", None, "Shots for every task (default: the paper's per task).")
-flags.DEFINE_integer("limit", None, "Evaluate only the first N examples of each task.")
+flags.DEFINE_integer("limit", None, "Evaluate only the first N >= 1 examples of each task.")
 flags.DEFINE_string("output", "results.json", "Where to write the JSON results.")
 flags.DEFINE_string("markdown", None, "Where to write the markdown table (default: output with .md).")
 flags.DEFINE_integer("batch_size", 8, "Rows per compiled scoring / generation batch.")
@@ -85,6 +88,11 @@ def main(argv):
     needs_data = any(t.name != "perplexity" for t, _ in specs) or not FLAGS.perplexity_corpus
     if needs_data and not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (one folder of data files per task)")
+    check_limit(FLAGS.limit)
+    check_batch_size(FLAGS.batch_size)
+    md_path = FLAGS.markdown or os.path.splitext(FLAGS.output)[0] + ".md"
+    check_output_file(FLAGS.output, "output")  # before the model is loaded, not after the run
+    check_output_file(md_path, "markdown" if FLAGS.markdown else "output")
     tok_path = FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model")
     with user_errors():  # a checkpoint or tokenizer that cannot be used
         tokenizer = Tokenizer.load(tok_path)
@@ -100,7 +108,6 @@ def main(argv):
     meta = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "tokenizer": os.path.abspath(tok_path),
             "num_params": num_params, "paper_size": paper_results.nearest_size(num_params),
             "config": config.to_dict(), "limit": FLAGS.limit, "seed": FLAGS.seed}
-    md_path = FLAGS.markdown or os.path.splitext(FLAGS.output)[0] + ".md"
 
     def save(results):
         report.write_json({"model": meta, "results": results}, FLAGS.output)

@@ -8,6 +8,7 @@ late keeps what it finished).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 from absl import logging
 
 from llama_jax import sharding
+from llama_jax.errors import ConfigError, DataError
 from llama_jax.eval.scoring import Scorer
 from llama_jax.eval.tasks import EvalContext, EvalOptions, Task
+from llama_jax.eval.tasks.base import check_limit
 from llama_jax.infer import placement
 from llama_jax.infer.engine import Generator
 
@@ -34,6 +37,7 @@ def build_context(config, params, tokenizer, *, mesh=None,
     per-task progress bars on (True), off (False) or on when stderr is a
     terminal (None).
     """
+    check_batch_size(batch_size)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
                          f"vocabulary is {config.vocab_size}; use the model's own tokenizer")
@@ -49,6 +53,13 @@ def build_context(config, params, tokenizer, *, mesh=None,
         progress=progress)
 
 
+def check_batch_size(batch_size: int) -> None:
+    """A `ConfigError` naming ``--batch_size`` unless it is an integer >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch_size={batch_size!r} must be an integer >= 1 (rows per "
+                          "compiled batch)")
+
+
 def result_key(task: Task, shots: int, specs: Sequence[tuple[Task, int]]) -> str:
     """The task's name, with ":shots" when the run has it more than once."""
     repeated = sum(t.name == task.name for t, _ in specs) > 1
@@ -58,7 +69,12 @@ def result_key(task: Task, shots: int, specs: Sequence[tuple[Task, int]]) -> str
 def evaluate(ctx: EvalContext, specs: Sequence[tuple[Task, int]], data_dir: str, *,
              limit: int | None = None, keep_predictions: bool = False,
              on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run every (task, shots) of `specs`; returns {key: metrics}."""
+    """Run every (task, shots) of `specs`; returns {key: metrics}.
+
+    A `limit` below 1 is a `ConfigError`; a task that finds no examples to
+    score is a `DataError` naming its data folder (never a score on n=0).
+    """
+    check_limit(limit)
     results: dict[str, Any] = {}
     for task, shots in specs:
         key = result_key(task, shots, specs)
@@ -66,6 +82,10 @@ def evaluate(ctx: EvalContext, specs: Sequence[tuple[Task, int]], data_dir: str,
         start = time.perf_counter()
         ctx.label = key  # names the task's progress bar
         res = task.run(ctx, data_dir, shots, limit)
+        if not res.get("num_examples"):
+            where = os.path.join(data_dir, task.name) if data_dir else "its data"
+            raise DataError(f"{key}: no examples to score in {where}; expected "
+                            f"{task.data_format}")
         if not keep_predictions:
             res.pop("predictions", None)
         res.update(task=task.name, num_fewshot=shots, seconds=round(time.perf_counter() - start, 2))

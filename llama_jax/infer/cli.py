@@ -8,9 +8,13 @@ Prompts come from ``--prompt`` (repeatable) and/or ``--prompts_file`` (one promp
 per line, or JSON Lines with a "prompt" field when the file ends in .jsonl). All
 prompts are decoded together in left-padded batches with a KV cache
 (`llama_jax.infer.engine`). ``--temperature=0`` is greedy; ``--stop`` strings cut
-the output. ``--output`` writes JSON Lines of {prompt, sample, text}.
-Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags, prompts
-file, mesh, checkpoint, tokenizer: one ``error: ...`` line); 1 otherwise.
+the output. ``--output`` writes JSON Lines of {prompt, sample, text} (its folder
+is checked before the model loads). A prompt longer than the context
+(prompt + max_new_tokens > max_seq_len) is an error naming the lengths unless
+``--truncate`` is given (it keeps the prompt's last tokens and says so on
+stderr). Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags,
+prompts file, mesh, checkpoint, tokenizer, a prompt too long or empty: one
+``error: ...`` line); 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ import os
 
 from absl import app, flags, logging
 
-from llama_jax.cli import run_cli, user_errors
+from llama_jax.cli import check_output_file, run_cli, user_errors
 from llama_jax.convert import from_pretrained
 from llama_jax.data.tokenizer import Tokenizer
-from llama_jax.errors import DataError
+from llama_jax.errors import ConfigError, DataError
 from llama_jax.eval.tasks.readers import read_jsonl
 from llama_jax.infer import placement
 from llama_jax.infer.engine import Generator, SamplingConfig, generate_text
@@ -48,6 +52,9 @@ flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "
                   "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_bool("bos", True, "Start each prompt with BOS.")
 flags.DEFINE_string("output", None, "Write JSON Lines {prompt, sample, text} here.")
+flags.DEFINE_bool("truncate", False, "Keep only the last tokens of a prompt longer than "
+                  "max_seq_len - max_new_tokens (said on stderr); without it such a prompt is an "
+                  "error.")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -76,6 +83,11 @@ def main(argv):
     prompts = list(FLAGS.prompt) + (read_prompts(FLAGS.prompts_file) if FLAGS.prompts_file else [])
     if not prompts:
         raise app.UsageError("give --prompt and/or --prompts_file")
+    for name in ("max_new_tokens", "num_samples", "batch_size"):  # before the model loads
+        if FLAGS[name].value < 1:
+            raise ConfigError(f"--{name}={FLAGS[name].value} must be an integer >= 1")
+    if FLAGS.output:
+        check_output_file(FLAGS.output, "output")  # before generating anything
     with user_errors():  # sampling values, mesh, checkpoint, tokenizer
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
         tokenizer = Tokenizer.load(FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model"))
@@ -90,7 +102,7 @@ def main(argv):
     with user_errors():  # --max_new_tokens, --num_samples, a prompt too long for the model
         outs = generate_text(generator, tokenizer, prompts, max_new_tokens=FLAGS.max_new_tokens,
                              sampling=sampling, num_samples=FLAGS.num_samples, stop=FLAGS.stop,
-                             seed=FLAGS.seed, add_bos=FLAGS.bos)
+                             seed=FLAGS.seed, add_bos=FLAGS.bos, truncate_left=FLAGS.truncate)
     records = [{"prompt": p, "sample": s, "text": t}
                for p, samples in zip(prompts, outs, strict=True) for s, t in enumerate(samples)]
     for r in records:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -97,6 +98,8 @@ class Generator:
     def __init__(self, config: LlamaConfig, params, *, mesh: Mesh | None = None,
                  rules: sharding.Rules = sharding.DEFAULT_RULES, batch_size: int = 8,
                  prompt_buckets: Sequence[int] | None = None, chunk_size: int = 32):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1 (--batch_size)")
         self.config = config
         self.mesh = mesh if mesh is not None else placement.default_mesh()
         self.rules = rules
@@ -314,19 +317,39 @@ def generate_text(
     stop: Sequence[str] = (),
     seed: int = 0,
     add_bos: bool = True,
-    truncate_left: bool = True,
+    truncate_left: bool = False,
     progress: bool | None = None,
     desc: str = "generating",
 ) -> list[list[str]]:
     """Text continuations of text `prompts` (cut at the first stop string).
 
-    With `truncate_left`, a prompt too long for ``max_seq_len - max_new_tokens``
-    keeps only its last tokens (as lm-evaluation-harness does). `progress` and
-    `desc`: the bar of `Generator.generate_tokens`.
+    A prompt longer than ``max_seq_len - max_new_tokens`` tokens is an error
+    naming the lengths, unless `truncate_left`: then it keeps only its last
+    tokens (as lm-evaluation-harness does) and one warning says how many
+    prompts were cut. A prompt with no tokens (empty, without BOS) is an
+    error. `progress` and `desc`: the bar of `Generator.generate_tokens`.
     """
     ids = [tokenizer.encode(p, bos=add_bos, eos=False) for p in prompts]
-    room = generator.config.max_seq_len - max_new_tokens
-    if truncate_left and room > 0:
+    for i, p in enumerate(ids):
+        if not p:
+            raise ValueError(f"prompt {i} ({prompts[i]!r}) has no tokens without BOS (--nobos); "
+                             "give a non-empty prompt or keep BOS")
+    max_len = generator.config.max_seq_len
+    room = max_len - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                         f"model's max_seq_len={max_len}; generate fewer tokens")
+    too_long = [i for i, p in enumerate(ids) if len(p) > room]
+    if too_long and not truncate_left:
+        i = too_long[0]
+        raise ValueError(
+            f"prompt {i} has {len(ids[i])} tokens; with max_new_tokens={max_new_tokens} that "
+            f"is {len(ids[i]) + max_new_tokens} > the model's max_seq_len={max_len}. Shorten "
+            f"the prompt, generate fewer tokens, or pass --truncate to keep its last {room} tokens")
+    if too_long:
+        logging.warning("truncated %d prompt(s) to their last %d tokens (the longest had %d) so "
+                        "that prompt + max_new_tokens=%d fits max_seq_len=%d", len(too_long), room,
+                        max(len(ids[i]) for i in too_long), max_new_tokens, max_len)
         ids = [p[-room:] for p in ids]
     stop = tuple(s for s in stop if s)
     decode = ContinuationDecoder(tokenizer, ids)

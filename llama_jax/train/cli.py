@@ -9,7 +9,9 @@ workdir)` (`llama_jax.train.loop`). Running it again with the same --workdir
 resumes from the newest complete checkpoint. Exit status (`llama_jax.cli`):
 0 when training finished or was preempted (SIGTERM/SIGINT: a checkpoint is
 written first); 2 for a user error -- bad flags (an unknown --config.* key
-names its closest matches), config, data, tokenizer or workdir -- printed as
+names its closest matches; a config file that does not load, has no
+get_config or raises), config, data, tokenizer or workdir (a file, read-only)
+-- printed as
 one ``error: ...`` line that says what to fix; 1 for a diverged loss (the
 message names the last good checkpoint) or an internal error.
 """
@@ -22,8 +24,8 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from llama_jax.cli import run_cli
-from llama_jax.train.config_file import check_overrides
+from llama_jax.cli import check_folder, run_cli
+from llama_jax.train.config_file import check_config_argv
 from llama_jax.train.loop import TrainResult, train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -50,6 +52,7 @@ def main(argv: Sequence[str]) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
+    check_folder(FLAGS.workdir, "workdir")  # a file or a read-only place: before any work
     logging.info("config:\n%s", config)
     result: TrainResult = train_and_evaluate(config, FLAGS.workdir)
     print(f"{result.status}: step {result.step} (from {result.start_step}), "
@@ -58,7 +61,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (``llama-jax-train``)."""
-    run_cli(main, precheck=check_overrides)
+    run_cli(main, precheck=check_config_argv)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from llama_jax.data.tokenizer.sentencepiece_bpe import (
     UNK_ID,
     Tokenizer,
     atomic_write,
+    check_vocab_size,
     train_tokenizer,
 )
 
 __all__ = ["BOS_ID", "EOS_ID", "LLAMA_TRAINER_SPEC", "UNK_ID", "Tokenizer", "atomic_write",
-           "train_tokenizer"]
+           "check_vocab_size", "train_tokenizer"]

@@ -23,6 +23,8 @@ import numpy as np
 import sentencepiece as spm
 from tqdm import tqdm
 
+from llama_jax.errors import ConfigError, DataError
+
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 # Meta's trainer spec for LLaMA's tokenizer.model (read from the released file).
@@ -58,10 +60,11 @@ class Tokenizer:
         try:
             self._sp.LoadFromSerializedProto(self._proto)
         except Exception as e:  # sentencepiece raises RuntimeError/OSError variants
-            where = f" at {path}" if path else ""
-            raise ValueError(f"Tokenizer: the SentencePiece model{where} is not a valid model file ({e}); "
-                             "train one with `python -m llama_jax.data.tokenizer` or point to a LLaMA "
-                             "tokenizer.model") from e
+            what = f"tokenizer file {path}" if path else "these tokenizer bytes"
+            why = "the file is empty, 0 bytes" if not self._proto else "not a valid model file"
+            raise DataError(f"{what} is not a SentencePiece model ({why}); point --tokenizer at a "
+                            "LLaMA tokenizer.model, or train one with `python -m "
+                            "llama_jax.data.tokenizer`") from e
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -211,6 +214,17 @@ def _sentences(texts: Iterable[str], max_chars: int) -> Iterator[str]:
                 yield line[start:start + max_chars]
 
 
+MIN_VOCAB_SIZE = 3 + 256 + 1
+
+
+def check_vocab_size(vocab_size) -> None:
+    """A `ConfigError` (a ValueError) unless `vocab_size` can hold LLaMA's pieces."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(f"train_tokenizer: vocab_size={vocab_size!r} must be an int >= "
+                          f"{MIN_VOCAB_SIZE} (3 special + 256 byte-fallback pieces + at least one "
+                          "merge); pass a larger --vocab_size")
+
+
 def train_tokenizer(
     inputs,
     model_prefix: str | os.PathLike,
@@ -243,10 +257,7 @@ def train_tokenizer(
     Returns:
       The trained `Tokenizer`.
     """
-    min_vocab = 3 + 256 + 1
-    if not isinstance(vocab_size, int) or vocab_size < min_vocab:
-        raise ValueError(f"train_tokenizer: vocab_size={vocab_size!r} must be an int >= {min_vocab} "
-                         "(3 special + 256 byte-fallback pieces + at least one merge)")
+    check_vocab_size(vocab_size)
     model_prefix = os.fspath(model_prefix)
     out_dir = os.path.dirname(os.path.abspath(model_prefix))
     os.makedirs(out_dir, exist_ok=True)

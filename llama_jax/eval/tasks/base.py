@@ -197,6 +197,14 @@ def sample_fewshot(pool: Sequence[Any], k: int, rng: random.Random, exclude: Any
     return rng.sample(candidates, k)
 
 
+def check_limit(limit: int | None) -> None:
+    """A `ConfigError` naming ``--limit`` unless it is None (all examples) or >= 1."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit={limit!r} must be an integer >= 1 (leave it out to "
+                          "evaluate every example)")
+
+
 def apply_limit(docs: list[Any], limit: int | None) -> list[Any]:
-    """The first `limit` docs (all when limit is None or <= 0)."""
-    return docs[:limit] if limit and limit > 0 else docs
+    """The first `limit` docs (all when limit is None); a limit below 1 is a `ConfigError`."""
+    check_limit(limit)
+    return docs if limit is None else docs[:limit]

@@ -45,7 +45,7 @@ def run_generation(ctx: EvalContext, prompts: list[str], *, max_new_tokens: int,
         max_new = cap
     return generate_text(generator, ctx.tokenizer, prompts, max_new_tokens=max_new,
                          sampling=sampling, num_samples=num_samples, stop=stop, seed=ctx.seed,
-                         progress=ctx.progress, desc=ctx.label or "generating")
+                         truncate_left=True, progress=ctx.progress, desc=ctx.label or "generating")
 
 
 # ----- closed-book QA ----------------------------------------------------------

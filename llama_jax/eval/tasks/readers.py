@@ -3,8 +3,8 @@
 JSON Lines (optionally gzipped), JSON (a list, or an object holding the list
 under a key such as "Data"), Parquet (needs pyarrow), CSV/TSV, and
 one-label-per-line ``.lst`` files. Every failure a user can cause (missing
-file, bad JSON, missing field) raises `DataError` naming the file and the
-expected format.
+file, bad JSON, missing field, a file with no records) raises `DataError`
+naming the file and the expected format.
 
 Where a task accepts the Hugging Face Parquet export of a split
 (``<split>*.parquet``), it also accepts that split of a TFDS data set in
@@ -93,6 +93,15 @@ def find_files(data_dir: str, task: str, patterns: Sequence[str], expected: str)
     raise DataError(f"{task}: no data files found; looked for {names}. Expected {expected}.")
 
 
+def _not_empty(records: list[Any], path: str, expected: str) -> list[Any]:
+    """`records`, or a `DataError` naming `path` when it holds none (an empty file
+    would otherwise score 0.0 on n=0 examples)."""
+    if not records:
+        raise DataError(f"{path}: holds no records (empty file); expected {expected}. Put the "
+                        "data set's published file there")
+    return records
+
+
 def _open_text(path: str):
     if path.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8")
@@ -120,7 +129,7 @@ def read_jsonl(path: str, expected: str) -> list[dict[str, Any]]:
         raise DataError(f"{path}: not UTF-8 text ({e}); expected {expected}") from None
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read ({e}); expected {expected}") from None
-    return records
+    return _not_empty(records, path, expected)
 
 
 def read_json(path: str, expected: str, list_keys: Sequence[str] = ("Data", "data")):
@@ -136,9 +145,9 @@ def read_json(path: str, expected: str, list_keys: Sequence[str] = ("Data", "dat
     if isinstance(obj, dict):
         for key in list_keys:
             if isinstance(obj.get(key), list):
-                return obj[key]
+                return _not_empty(obj[key], path, expected)
         return obj
-    return obj
+    return _not_empty(obj, path, expected) if isinstance(obj, list) else obj
 
 
 def read_parquet(path: str, expected: str) -> list[dict[str, Any]]:
@@ -203,16 +212,16 @@ def read_records(path: str, expected: str) -> list[dict[str, Any]]:
     """Records of a .jsonl/.jsonl.gz, .json or .parquet file, or of a TFDS split
     (`path` one of its array_record shards, as `find_file` returns)."""
     if _TFDS_SHARD.match(os.path.basename(path)):
-        return read_tfds(path, expected)
+        return _not_empty(read_tfds(path, expected), path, expected)
     if path.endswith((".jsonl", ".jsonl.gz")):
         return read_jsonl(path, expected)
     if path.endswith((".json", ".json.gz")):
         recs = read_json(path, expected)
         if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
             raise DataError(f"{path}: expected a list of JSON objects; expected {expected}")
-        return recs
+        return _not_empty(recs, path, expected)
     if path.endswith(".parquet"):
-        return read_parquet(path, expected)
+        return _not_empty(read_parquet(path, expected), path, expected)
     raise DataError(f"{path}: unsupported file type; expected {expected}")
 
 
@@ -223,6 +232,7 @@ def read_csv(path: str, expected: str, delimiter: str = ",", columns: int | None
             rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read as CSV ({e}); expected {expected}") from None
+    _not_empty(rows, path, expected)
     if columns is not None:
         for i, r in enumerate(rows, 1):
             if len(r) != columns:
