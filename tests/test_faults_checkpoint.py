@@ -319,3 +319,52 @@ def test_two_trainers_on_one_workdir(root, tmp_path):
         train_and_evaluate(th.micro_config(root, **BASE, **{"model.vocab_size": 256}), str(wd))
     with WorkdirLock(wd):
         pass
+
+
+def _user_mount_namespaces() -> bool:
+    try:
+        done = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _user_mount_namespaces(), reason="needs `unshare -rm` to mount a small tmpfs")
+def test_full_disk_at_save_is_one_line_keeps_the_last_step_and_resumes(root, tmp_path):
+    """A workdir on a 3 MiB tmpfs (a user + mount namespace) fills up at the
+    second save: one `error:` line naming the step, the cause and the kept step,
+    exit 2, none of orbax's tracebacks; with room again the run resumes from it."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    over = {"train.steps": 6, "checkpoint.every": 2, "checkpoint.keep": 2, "train.eval_batches": 0,
+            "train.tensorboard": False}
+    cmd = [sys.executable, "-m", "llama_jax.train", f"--config={th.REPO / 'configs' / 'tiny.py'}",
+           f"--workdir={wd}", *th.override_flags(root, **over)]
+    script = textwrap.dedent(f"""\
+        mount -t tmpfs -o size=3m tmpfs {wd} || exit 90
+        "$@" 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc
+        ls {wd}/checkpoints > {tmp_path}/full.ls
+        mount -o remount,size=64m {wd} || exit 91
+        "$@" 2> {tmp_path}/again.err; echo $? > {tmp_path}/again.rc
+        """)
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *cmd], cwd=th.REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "2", err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert errors[0].startswith("error: could not save step 4 to ") and "the disk is full" in errors[0]
+    assert "(step 2) is kept" in errors[0]
+    assert "future.py" not in err and "checkpoint_manager.py" not in err  # orbax's repeats
+    # Known residue: tensorstore's threads may print 'Event loop is closed' tracebacks
+    # while Python shuts down (orbax closed its loop after the failed write); they
+    # come from no frame of ours.
+    assert "llama_jax" not in "".join(line for line in err.splitlines()
+                                      if line.startswith("  File ")), err[-3000:]
+    listing = (tmp_path / "full.ls").read_text().split()
+    assert "2" in listing and "4" not in listing, listing  # the torn step never took a step's name
+    again = (tmp_path / "again.err").read_text()
+    assert (tmp_path / "again.rc").read_text().strip() == "0", again[-3000:]
+    assert "completed: step 6 (from 2)" in again

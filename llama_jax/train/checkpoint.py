@@ -118,6 +118,7 @@ class Checkpointer:
         self.verified_step: int | None = None
         self._in_flight: int | None = None  # the step being written
         self._undigested: int | None = None  # finalized without a temp dir to digest in
+        self._failure: Exception | None = None  # a save that could not be written
         # Always orbax's async checkpointer: its post-finalization callback writes
         # the digests (a synchronous save waits at once, see `save`).
         options = ocp.CheckpointManagerOptions(
@@ -313,16 +314,52 @@ class Checkpointer:
         return read_meta(self.directory / str(step))
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are finalized (and digested)."""
-        self.manager.wait_until_finished()
+        """Block until pending asynchronous saves are finalized (and digested).
+
+        Raises `CheckpointError` (once) when a save could not be written, e.g.
+        a full disk: the message names the step, the cause and the newest
+        finalized step, which is kept (orbax never renames a torn step into place).
+        """
+        if self._failure is not None:
+            return  # Reported once; the manager has nothing left to finish.
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax raises what its writers raised
+            self._failure = e
+            step, self._in_flight = self._in_flight, None
+            raise CheckpointError(write_failure_message(step, self.directory, e,
+                                                        self.latest_step())) from e
         step, self._undigested = self._undigested, None
         if step is not None and (self.directory / str(step)).is_dir():
             integrity.write_digests(self.directory / str(step))
 
     def close(self) -> None:
-        """Wait for pending saves, then release orbax's threads."""
-        self.wait()
-        self.manager.close()
+        """Wait for pending saves, then release orbax's threads (also after a failed save)."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - a failed save was already reported by wait()
+                if self._failure is None:
+                    raise
+
+
+def write_failure_message(step: int | None, directory: Path, error: BaseException,
+                          latest: int | None) -> str:
+    """One line for a checkpoint save that failed: the step, the cause, what is kept."""
+    text = str(error)
+    if "No space left on device" in text or "os_error_code='28'" in text or \
+            getattr(error, "errno", None) == 28:
+        cause = "the disk is full (no space left on device)"
+        fix = "free space there, or use a --workdir on a larger disk,"
+    else:
+        cause = f"the write failed ({text.splitlines()[0][:300] if text else type(error).__name__})"
+        fix = "fix the cause,"
+    what = f"step {step}" if step is not None else "a checkpoint"
+    kept = f"step {latest}" if latest is not None else "none"
+    return (f"could not save {what} to {directory}: {cause}. The last finalized checkpoint "
+            f"({kept}) is kept; {fix} then run the same command again to resume from it.")
 
 
 def _everywhere() -> jax.sharding.NamedSharding:

@@ -35,10 +35,13 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl a
                     "logs; an existing one is resumed.")
 
 class _QuietLibraries:
-    """Drop INFO records from orbax (dozens per save) unless --verbosity >= 1."""
+    """Keep only orbax's WARNING records unless --verbosity >= 1: its INFO (dozens per
+    save) and ERROR records (which repeat a failed save we report) are dropped."""
 
     def filter(self, record) -> bool:
-        return record.levelno >= 30 or "/orbax/" not in record.pathname
+        # orbax's ERROR records repeat (with tracebacks) a failed save that the
+        # Checkpointer reports as one CheckpointError; --verbosity=1 shows them.
+        return "/orbax/" not in record.pathname or record.levelno == 30
 
 
 def main(argv: Sequence[str]) -> None:
