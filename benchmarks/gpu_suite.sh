@@ -34,7 +34,7 @@ if [[ -n "$SMOKE" ]]; then
   ATTN_LIMIT=300
 else
   ATTN=(--seqs=1024,2048,4096,8192,16384 --warmup=2 --iters=10)
-  ATTN_LIMIT=200
+  ATTN_LIMIT=180
 fi
 # (i) and (ii); capped so that (iii) and (iv) keep their share of the 8 minutes.
 timeout "$ATTN_LIMIT" "$PY" benchmarks/attention.py "${ATTN[@]}" 2>&1 | tee "$OUT/attention.log"
