@@ -143,6 +143,7 @@ FEATURE_CASES = [
     (300, 4, 4, 64, True, 0, "float32"),
     (300, 8, 1, 128, False, 3, "float32"),
     (512, 8, 2, 128, True, 4, "bfloat16"),
+    (512, 8, 2, 128, True, 0, "bfloat16"),
 ]
 
 

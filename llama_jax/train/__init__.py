@@ -12,7 +12,20 @@ checks), `data` (the run's sources, tokenizer and held-out batches),
 iterator and config), `metrics` (MFU, JSONL + TensorBoard, progress).
 """
 
-from llama_jax.train.config_file import check_overrides, load_config_file
-from llama_jax.train.loop import TrainResult, train_and_evaluate
+import importlib
+
+# The package's names load on first use, so that `step`, `optim`, `metrics` and
+# `carbon` import without the run's config and data packages (ml_collections,
+# grain): the GPU benchmark image has neither (benchmarks/gpu_suite.py).
+_LAZY = {"TrainResult": "llama_jax.train.loop", "train_and_evaluate": "llama_jax.train.loop",
+         "check_overrides": "llama_jax.train.config_file",
+         "load_config_file": "llama_jax.train.config_file"}
 
 __all__ = ["TrainResult", "check_overrides", "load_config_file", "train_and_evaluate"]
+
+
+def __getattr__(name: str):
+    """`TrainResult`, `train_and_evaluate`, ... imported from their module on first use."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

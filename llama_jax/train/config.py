@@ -67,6 +67,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_consecutive_skips = 20  # with 'skip': stop after this many in a row
     c.train.tensorboard = True  # write TensorBoard events beside metrics.jsonl
     c.train.progress = "auto"  # 'auto' (a bar on a TTY, else log lines) | 'bar' | 'log'
+    # Energy and emissions in the run's summary (the paper's Table 15; train/carbon.py):
+    # energy = device-hours x device power x PUE, tCO2eq = energy x carbon intensity.
+    c.train.carbon = ml_collections.ConfigDict()
+    c.train.carbon.pue = 1.1  # data-centre power usage effectiveness (the paper: 1.1)
+    c.train.carbon.kg_co2_per_kwh = 0.385  # carbon intensity (the paper: 0.385, US average)
+    # Watts per device; None = the device's TDP from carbon.DEVICE_WATTS (CPU and
+    # unlisted devices: carbon.ASSUMED_WATTS, reported as assumed).
+    c.train.carbon.device_watts = config_dict.placeholder(float)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 100  # steps between checkpoints (and one at the end)

@@ -45,9 +45,9 @@ from llama_jax.data.stats import SourceStats
 from llama_jax.distributed import PreemptionHandler
 from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig
+from llama_jax.train import carbon, metrics, optim
 from llama_jax.train import checkpoint as ckpt_lib
 from llama_jax.train import config as config_base
-from llama_jax.train import metrics, optim
 from llama_jax.train.data import DataSetup, setup_data
 from llama_jax.train.step import (
     abstract_train_state,
@@ -70,6 +70,7 @@ class TrainResult:
     last_loss: float | None
     eval_losses: dict[str, float]
     wall_seconds: float
+    footprint: carbon.Footprint | None = None  # Table 15: device-hours, kWh, tCO2eq
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict:
@@ -321,6 +322,7 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
            checkpointer: ckpt_lib.Checkpointer, t0: float) -> TrainResult:
     """`train_and_evaluate` once the workdir's checkpointer is open."""
     t = config.train
+    carbon_settings = carbon.CarbonSettings.from_config(t.carbon)  # Bad values fail early.
     # The newest step that verifies; a damaged newer one is reported and set aside.
     latest = checkpointer.resume_step(verify=config.checkpoint.verify)
     meta = checkpointer.read_meta(latest) if latest is not None else None
@@ -423,10 +425,15 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
                                     preempt.signal_name or "preemption", step)
                     break
             tracker.settle()
+        # The summary record: this invocation's device-hours, energy and tCO2eq.
+        footprint = carbon.run_footprint(time.perf_counter() - t0, carbon_settings)
+        log.writer.write(int(jax.device_get(state.step)), footprint.metrics())
+        logging.info("footprint: %s", footprint.describe())
     finally:
         log.close()
     end = int(jax.device_get(state.step)) if status != "completed" else t.steps
-    return TrainResult(status, start, end, tracker.last_loss, eval_losses, time.perf_counter() - t0)
+    return TrainResult(status, start, end, tracker.last_loss, eval_losses,
+                       time.perf_counter() - t0, footprint)
 
 
 def _keep_tokenizer(tok_path: str, workdir: str) -> None:

@@ -28,18 +28,19 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import flax.linen as nn
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
-from tensorboardX.summary import hparams as hparams_summaries
 from tqdm import tqdm
 
 from llama_jax.data.tokenizer import atomic_write
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import abstract_params
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
 
 # Dense bf16 peak FLOP/s per device, matched against `jax.Device.device_kind`
 # by substring, first match wins (so the more specific names come first).
@@ -118,6 +119,9 @@ class MetricWriter:
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if tensorboard:
+                # Imported here: the FLOP counting above must import on the GPU
+                # benchmark image, which has no tensorboardX (benchmarks/gpu_suite.py).
+                from tensorboardX import SummaryWriter
                 # tensorboardX names files by the second and opens them with 'wb':
                 # a suffix in nanoseconds keeps a quick restart from overwriting
                 # the previous file, and the files in the order they were written.
@@ -176,6 +180,8 @@ class MetricWriter:
         `metric_tags` as the hparams table's metric columns."""
         if self._tb is None:
             return
+        from tensorboardX.summary import hparams as hparams_summaries
+
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         self._tb.add_text("config", "".join("    " + line + "\n" for line in text.splitlines()),
                           global_step=int(step))  # Indented: a markdown code block.
