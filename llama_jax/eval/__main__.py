@@ -46,7 +46,7 @@ flags.DEFINE_integer("batch_size", 8, "Rows per compiled scoring / generation ba
 flags.DEFINE_integer("max_len", None, "Longest scored sequence (default: the model's max_seq_len).")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                  "Cast weights and compute to this dtype (default: as stored).")
+                  "Cast weights and compute to this dtype (default: weights as stored, compute in float32).")
 flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
                   "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_integer("seed", 0, "Seed for few-shot sampling and generation.")

@@ -47,7 +47,7 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 8, "Rows decoded together.")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                  "Cast weights and compute to this dtype (default: as stored).")
+                  "Cast weights and compute to this dtype (default: weights as stored, compute in float32).")
 flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
                   "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_bool("bos", True, "Start each prompt with BOS.")
