@@ -81,10 +81,7 @@ HBM_BANDWIDTH: tuple[tuple[str, float], ...] = (
 
 def hbm_bandwidth(device_kind: str) -> float | None:
     """HBM bytes/s of one device of `device_kind`, or None if unlisted (CPU)."""
-    for name, bw in HBM_BANDWIDTH:
-        if name.lower() in device_kind.lower():
-            return bw
-    return None
+    return metrics.lookup_device_kind(HBM_BANDWIDTH, device_kind)
 
 
 def model_shapes(smoke: bool) -> dict[str, LlamaConfig]:

@@ -78,8 +78,9 @@ def test_training_run_summary_carries_the_footprint(tmp_path):
     fp = result.footprint
     assert result.status == "completed" and fp is not None
     assert fp.device_kind == "cpu" and fp.n_devices == 1 and fp.watts_source == "assumed"
-    # device-hours = wall time of the run (one CPU package) / 3600
-    assert 0 < fp.device_hours <= result.wall_seconds / 3600
+    # device-hours = the run's own clock (one CPU package) / 3600: a bound, not a speed check.
+    run_hours = result.wall_seconds / 3600
+    assert 0 < fp.device_hours <= run_hours
     assert fp.energy_kwh == pytest.approx(fp.device_hours * carbon.ASSUMED_WATTS * 1.2 / 1000)
     assert fp.tco2eq == pytest.approx(fp.energy_kwh * 0.5 / 1000)
     last = json.loads((tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -43,12 +43,12 @@ def test_cpu_limit_kills_busy_child_before_wall_clock():
 class _Listener:
     """A local TCP server that records whether anyone connected."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+    def __init__(self, sock=None, address=("127.0.0.1", 0)):
+        self.sock = sock if sock is not None else socket.socket()
+        self.sock.bind(address)
         self.sock.listen(4)
         self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
+        self.port = self.sock.getsockname()[1] if self.sock.family == socket.AF_INET else None
         self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -491,34 +491,16 @@ def test_file_cap_stops_a_burst_of_files(walls):
     assert int(total) <= 20 * (1 << 20)  # at most max_files files of at most file_size_mb
 
 
-class _UnixListener:
+class _UnixListener(_Listener):
     """An AF_UNIX server on a socket file under the host's /tmp."""
 
     def __init__(self):
         self.folder = tempfile.mkdtemp(prefix="sbx_sock_")
         self.path = os.path.join(self.folder, "host.sock")
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(self.path)
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
+        super().__init__(socket.socket(socket.AF_UNIX), self.path)
 
     def close(self):
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
+        super().close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

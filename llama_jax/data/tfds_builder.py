@@ -6,8 +6,8 @@ example with features `text` (the file's text) and `path` (relative path).
 Read the result with a `SourceSpec(kind='tfds', path=<returned folder>)` or
 `SourceSpec(kind='tfds', path=name, data_dir=data_dir)`.
 
-    from llama_jax.data.tfds_builder import build_text_folder_dataset
-    folder = build_text_folder_dataset('/data/my_texts', '/data/tfds', name='my_texts')
+    >>> from llama_jax.data.tfds_builder import build_text_folder_dataset
+    >>> folder = build_text_folder_dataset('/data/my_texts', '/data/tfds', name='my_texts')
 """
 
 from __future__ import annotations

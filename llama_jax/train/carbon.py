@@ -28,6 +28,7 @@ from typing import Any
 import jax
 
 from llama_jax.errors import ConfigError
+from llama_jax.train.metrics import lookup_device_kind
 
 # Board power (TDP) per device in watts, matched against `device_kind` by
 # substring, first match wins (so the more specific names come first).
@@ -64,10 +65,7 @@ PAPER_A100_WATTS = 400.0
 
 def device_watts(device_kind: str) -> float | None:
     """Board power (W) of one device of `device_kind` from `DEVICE_WATTS`, or None."""
-    for name, watts in DEVICE_WATTS:
-        if name.lower() in device_kind.lower():
-            return watts
-    return None
+    return lookup_device_kind(DEVICE_WATTS, device_kind)
 
 
 def energy_kwh(device_hours: float, watts: float, pue: float) -> float:

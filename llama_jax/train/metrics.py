@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -68,12 +68,16 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+def lookup_device_kind(table: Sequence[tuple[str, float]], device_kind: str) -> float | None:
+    """The value of the first `table` name contained in `device_kind` (case-insensitive),
+    or None: how every per-device table here is read (peak FLOP/s, power, HBM bandwidth)."""
+    kind = device_kind.lower()
+    return next((value for name, value in table if name.lower() in kind), None)
+
+
 def peak_flops(device_kind: str) -> float | None:
     """Dense bf16 peak FLOP/s of one device of `device_kind`, or None if unknown."""
-    for name, peak in PEAK_FLOPS:
-        if name.lower() in device_kind.lower():
-            return peak
-    return None
+    return lookup_device_kind(PEAK_FLOPS, device_kind)
 
 
 def matmul_params(config: LlamaConfig) -> int:
