@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from llama_jax.convert.workdir import checkpoint_dir, load_params
+from llama_jax.convert.layout import checkpoint_dir
+from llama_jax.convert.workdir import load_params
 from llama_jax.distributed import PreemptionHandler
 from llama_jax.errors import ConfigError
 from llama_jax.train import checkpoint as ck

@@ -291,7 +291,7 @@ def test_cli_roundtrip(hf_ckpt, loaded, tmp_path):
 
 def test_training_checkpoint_is_delegated(tmp_path, loaded):
     """Workdir, checkpoints dir and step dir all go through llama_jax.convert.workdir.load_params."""
-    from llama_jax.convert.workdir import checkpoint_dir
+    from llama_jax.convert.layout import checkpoint_dir
     from llama_jax.train.checkpoint import Checkpointer
 
     config, params = loaded

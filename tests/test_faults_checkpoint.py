@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import pytest
 import train_helpers as th
 
+from llama_jax.convert import integrity
+from llama_jax.convert.workdir import load_params
 from llama_jax.errors import CheckpointError, ConfigError
 from llama_jax.train import checkpoint as ck
-from llama_jax.train import integrity, metrics
+from llama_jax.train import metrics
 from llama_jax.train.loop import train_and_evaluate
 from llama_jax.train.workdir_lock import WorkdirLock
 
@@ -368,3 +370,21 @@ def test_full_disk_at_save_is_one_line_keeps_the_last_step_and_resumes(root, tmp
     again = (tmp_path / "again.err").read_text()
     assert (tmp_path / "again.rc").read_text().strip() == "0", again[-3000:]
     assert "completed: step 6 (from 2)" in again
+
+
+def test_loading_params_from_a_workdir_skips_a_damaged_step(base, tmp_path, caplog):
+    """`from_pretrained` / eval / generate read a workdir like a resume does:
+    the newest step that verifies, never a damaged one."""
+    wd, _ = base
+    copy = tmp_path / "wd"
+    shutil.copytree(wd / "checkpoints", copy / "checkpoints")
+    flip_byte(_data_files(copy / "checkpoints" / "8")[0])
+    _, want = load_params(copy / "checkpoints" / "4")
+    with caplog.at_level(logging.WARNING):
+        _, got = load_params(copy)
+    assert "using step 4" in caplog.text and "step 8:" in caplog.text
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), got, want))
+    with pytest.raises(CheckpointError, match="cannot be trusted: .*sha256"):
+        load_params(copy / "checkpoints" / "8")
+    _, unchecked = load_params(copy, verify=False)  # the user's explicit choice
+    assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), unchecked, want))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from llama_jax import from_pretrained, save_pretrained
+from llama_jax.convert.layout import checkpoint_dir
 from llama_jax.convert.orbax_format import CONFIG_FILE
-from llama_jax.convert.workdir import checkpoint_dir
 from llama_jax.errors import ConfigError
 from llama_jax.eval.scoring import Scorer
 from llama_jax.infer.engine import Generator

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import train_helpers as th
 
+from llama_jax.convert import integrity
 from llama_jax.convert.workdir import load_params, read_meta
 from llama_jax.errors import ConfigError, DataError, NonFiniteLossError
 from llama_jax.train import checkpoint as ck
-from llama_jax.train import integrity, metrics, optim
 from llama_jax.train import loop as trainer
+from llama_jax.train import metrics, optim
 from llama_jax.train.loop import train_and_evaluate
 
 STEPS = 40
@@ -213,7 +214,7 @@ def test_workdir_of_another_model_fails_before_compiling(root, reference, tmp_pa
     # ... or by content at the same path (the checkpoint records its SHA-256).
     meta_file = wd / "checkpoints" / str(STEPS) / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
-    assert meta["tokenizer_sha256"] == trainer.file_digest(str(root / "tok.model"))
+    assert meta["tokenizer_sha256"] == integrity.file_sha256(str(root / "tok.model"))
     meta_file.write_text(json.dumps(dict(meta, tokenizer_sha256="0" * 64)))
     integrity.write_digests(meta_file.parents[1])  # as if saved so, not damaged
     with pytest.raises(ConfigError, match=r"trained with another tokenizer than .*tok.model"):

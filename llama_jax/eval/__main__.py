@@ -29,6 +29,7 @@ from llama_jax.eval import paper_results, report
 from llama_jax.eval.runner import build_context, check_batch_size, evaluate
 from llama_jax.eval.tasks import EvalOptions, parse_task_list
 from llama_jax.eval.tasks.base import check_limit
+from llama_jax.fileio import atomic_write
 from llama_jax.infer import placement
 from llama_jax.model import count_params
 
@@ -111,8 +112,7 @@ def main(argv):
 
     def save(results):
         report.write_json({"model": meta, "results": results}, FLAGS.output)
-        with open(md_path, "w", encoding="utf-8") as f:
-            f.write(report.markdown_table(results, num_params) + "\n")
+        atomic_write(md_path, (report.markdown_table(results, num_params) + "\n").encode("utf-8"))
 
     results = evaluate(ctx, specs, FLAGS.data_dir or "", limit=FLAGS.limit,
                        keep_predictions=FLAGS.log_samples, on_result=save)

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from llama_jax.eval import paper_results
+from llama_jax.fileio import atomic_write
 
 _PAPER_SHOTS = {"mmlu": 5, "mbpp": 3}
 
@@ -101,11 +102,7 @@ def _finite(obj: Any) -> Any:
 
 
 def write_json(report: dict[str, Any], path: str) -> None:
-    """Write `report` to `path` atomically (a temp file, then a rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_finite(report), f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write `report` to `path` atomically (`llama_jax.fileio.atomic_write`)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    text = json.dumps(_finite(report), indent=2, sort_keys=False) + "\n"
+    atomic_write(path, text.encode("utf-8"))

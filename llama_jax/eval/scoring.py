@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from llama_jax import sharding
 from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig
+from llama_jax.progress import bar as progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,36 +130,34 @@ class Scorer:
         order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
         results: list[LoglikelihoodResult | None] = [None] * len(prepared)
         vocab = self.config.vocab_size
-        bar = tqdm(total=len(order), desc=desc, unit="req", dynamic_ncols=True,
-                   disable=None if progress is None else not progress)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            length = _bucket(max(len(prepared[i][0]) for i in idx), self.buckets)
-            shape = (self.batch_size, length)
-            tokens = np.zeros(shape, np.int32)
-            positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape)
-            targets = np.zeros(shape, np.int32)
-            segs = np.zeros(shape, np.int32)
-            mask = np.zeros(shape, np.int32)
-            for row, i in enumerate(idx):
-                inp, tgt, n_cont = prepared[i]
-                for t in (*inp, *tgt):
-                    if not 0 <= t < vocab:
-                        raise ValueError(f"token id {t} is outside the model's vocabulary "
-                                         f"[0, {vocab}); is the tokenizer the model's?")
-                n = len(inp)
-                tokens[row, :n] = inp
-                targets[row, :n] = tgt
-                segs[row, :n] = 1
-                mask[row, n - n_cont:n] = 1
-            batch = jax.device_put((tokens, positions, targets, segs, mask), self._in_sharding)
-            total, greedy = self._jitted(self.params, *batch)
-            total, greedy = np.asarray(total), np.asarray(greedy)
-            for row, i in enumerate(idx):
-                results[i] = LoglikelihoodResult(float(total[row]), bool(greedy[row]),
-                                                 prepared[i][2])
-            bar.update(len(idx))
-        bar.close()
+        with progress_bar(total=len(order), desc=desc, unit="req", progress=progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                length = _bucket(max(len(prepared[i][0]) for i in idx), self.buckets)
+                shape = (self.batch_size, length)
+                tokens = np.zeros(shape, np.int32)
+                positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape)
+                targets = np.zeros(shape, np.int32)
+                segs = np.zeros(shape, np.int32)
+                mask = np.zeros(shape, np.int32)
+                for row, i in enumerate(idx):
+                    inp, tgt, n_cont = prepared[i]
+                    for t in (*inp, *tgt):
+                        if not 0 <= t < vocab:
+                            raise ValueError(f"token id {t} is outside the model's vocabulary "
+                                             f"[0, {vocab}); is the tokenizer the model's?")
+                    n = len(inp)
+                    tokens[row, :n] = inp
+                    targets[row, :n] = tgt
+                    segs[row, :n] = 1
+                    mask[row, n - n_cont:n] = 1
+                batch = jax.device_put((tokens, positions, targets, segs, mask), self._in_sharding)
+                total, greedy = self._jitted(self.params, *batch)
+                total, greedy = np.asarray(total), np.asarray(greedy)
+                for row, i in enumerate(idx):
+                    results[i] = LoglikelihoodResult(float(total[row]), bool(greedy[row]),
+                                                     prepared[i][2])
+                bar.update(len(idx))
         return results  # type: ignore[return-value]
 
     def packed_loglikelihood(self, batch: dict[str, np.ndarray]) -> tuple[float, int]:

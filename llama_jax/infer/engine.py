@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from llama_jax import sharding
 from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig, init_cache
+from llama_jax.progress import bar as progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,16 +197,14 @@ class Generator:
         # Long prompts first, so a batch's prompts share a bucket.
         rows.sort(key=lambda r: -len(prompts[r[0]]))
         result: list[list[list[int]]] = [[[] for _ in range(num_samples)] for _ in prompts]
-        bar = tqdm(total=len(rows), desc=desc, unit="seq", dynamic_ncols=True,
-                   disable=None if progress is None else not progress)
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            outs = self._generate_batch([list(prompts[p]) for p, _ in chunk], chunk,
-                                        max_new_tokens, sampling, eos_id, seed, is_finished)
-            for (p, s), toks in zip(chunk, outs, strict=True):
-                result[p][s] = toks
-            bar.update(len(chunk))
-        bar.close()
+        with progress_bar(total=len(rows), desc=desc, unit="seq", progress=progress) as bar:
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                outs = self._generate_batch([list(prompts[p]) for p, _ in chunk], chunk,
+                                            max_new_tokens, sampling, eos_id, seed, is_finished)
+                for (p, s), toks in zip(chunk, outs, strict=True):
+                    result[p][s] = toks
+                bar.update(len(chunk))
         return result
 
     def _generate_batch(self, prompts, row_ids, max_new, sampling, eos_id, seed, is_finished):

@@ -13,7 +13,7 @@ writes each step into ``<step>.orbax-checkpoint-tmp*`` and renames it to
 object stores), so a kill at any moment leaves every finalized step readable
 and an unfinished one is ignored on restart.
 
-Integrity (`llama_jax.train.integrity`): each step also carries
+Integrity (`llama_jax.convert.integrity`): each step also carries
 ``digests.json`` (size and SHA-256 of every file), written from orbax's
 post-finalization callback just before the rename, so a step never appears
 without it. `Checkpointer.resume_step` verifies steps newest first, warns about
@@ -44,11 +44,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from llama_jax.convert.workdir import DATA, META, STATE, read_meta
+from llama_jax.convert import integrity
+from llama_jax.convert.layout import DATA, META, STATE
+from llama_jax.convert.workdir import read_meta
 from llama_jax.errors import CheckpointError, ConfigError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.sharding import path_str
-from llama_jax.train import integrity
 
 # Model-config fields that change parameter shapes: a checkpoint with different
 # values cannot be resumed. (The stored tree's layout, scan_layers, is a run

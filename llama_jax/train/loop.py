@@ -25,10 +25,7 @@ one-step-behind fetch and this policy are `step_metrics.StepMetrics`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -40,10 +37,12 @@ from jax.experimental import multihost_utils
 
 from llama_jax import distributed
 from llama_jax import sharding as shd
-from llama_jax.convert.workdir import checkpoint_dir
+from llama_jax.convert import integrity
+from llama_jax.convert.layout import checkpoint_dir
 from llama_jax.data.stats import SourceStats
 from llama_jax.distributed import PreemptionHandler
 from llama_jax.errors import ConfigError
+from llama_jax.fileio import atomic_write
 from llama_jax.model.config import LlamaConfig
 from llama_jax.train import carbon, metrics, optim
 from llama_jax.train import checkpoint as ckpt_lib
@@ -100,15 +99,6 @@ def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workd
             f"workdir {workdir} cannot resume with these settings:\n  " + "\n  ".join(diffs)
             + "\nThe data position and optimizer state depend on them: use the values the run "
             "started with, or a fresh --workdir.")
-
-
-def file_digest(path: str) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_same_tokenizer(saved_digest: str | None, digest: str, path: str, workdir: str) -> None:
@@ -332,7 +322,7 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
         check_resumable(meta.get("config", {}), config, workdir)
 
     data = setup_data(config, mcfg)  # Missing paths / vocab mismatch fail here.
-    tokenizer_sha256 = file_digest(data.tokenizer_path)
+    tokenizer_sha256 = integrity.file_sha256(data.tokenizer_path)
     if meta is not None:
         check_same_tokenizer(meta.get("tokenizer_sha256"), tokenizer_sha256,
                              data.tokenizer_path, workdir)
@@ -441,7 +431,4 @@ def _keep_tokenizer(tok_path: str, workdir: str) -> None:
     generate look by default (atomically; the workdir then travels whole)."""
     if jax.process_index() != 0:
         return
-    dst = Path(workdir) / "tokenizer.model"
-    tmp = dst.with_suffix(".model.tmp")
-    shutil.copyfile(tok_path, tmp)
-    os.replace(tmp, dst)
+    atomic_write(Path(workdir) / "tokenizer.model", Path(tok_path).read_bytes())

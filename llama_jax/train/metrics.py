@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 import flax.linen as nn
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from llama_jax.data.tokenizer import atomic_write
+from llama_jax.fileio import atomic_write
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import abstract_params
+from llama_jax.progress import bar as progress_bar
 
 if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
@@ -249,15 +249,15 @@ class ProgressBar:
         self.stream = stream or sys.stderr
         self.enabled = mode == "bar" or (mode == "auto" and self.stream.isatty())
         self.total, self.start = total, start
-        self._bar: tqdm | None = None
+        self._bar: Any = None  # a tqdm bar once drawn
 
     def update(self, step: int, text: str = "") -> None:
         """Move the bar to `step` (the count of finished steps) and show `text`."""
         if not self.enabled:
             return
         if self._bar is None:
-            self._bar = tqdm(total=self.total, initial=step, file=self.stream, unit="step",
-                             dynamic_ncols=True, mininterval=0.0, leave=True)
+            self._bar = progress_bar(total=self.total, initial=step, file=self.stream,
+                                     unit="step", progress=True, mininterval=0.0, leave=True)
         self._bar.set_postfix_str(text, refresh=False)
         self._bar.update(step - self._bar.n)
 
@@ -267,7 +267,7 @@ class ProgressBar:
         if self._bar is None:
             yield
             return
-        with tqdm.external_write_mode(file=self.stream):
+        with type(self._bar).external_write_mode(file=self.stream):
             yield
 
     def close(self) -> None:

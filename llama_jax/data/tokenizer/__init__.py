@@ -12,10 +12,9 @@ from llama_jax.data.tokenizer.sentencepiece_bpe import (
     LLAMA_TRAINER_SPEC,
     UNK_ID,
     Tokenizer,
-    atomic_write,
     check_vocab_size,
     train_tokenizer,
 )
 
-__all__ = ["BOS_ID", "EOS_ID", "LLAMA_TRAINER_SPEC", "UNK_ID", "Tokenizer", "atomic_write",
+__all__ = ["BOS_ID", "EOS_ID", "LLAMA_TRAINER_SPEC", "UNK_ID", "Tokenizer",
            "check_vocab_size", "train_tokenizer"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -24,6 +23,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from llama_jax.errors import ConfigError, DataError
+from llama_jax.fileio import atomic_write
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -297,19 +297,3 @@ def train_tokenizer(
     vocab = "".join(f"{tok.id_to_piece(i)}\t{tok._sp.GetScore(i)}\n" for i in range(tok.vocab_size))
     atomic_write(model_prefix + ".vocab", vocab.encode("utf-8"))
     return tok
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Writes `data` to `path` via a temp file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -22,13 +22,12 @@ import math
 import os
 from typing import Any
 
-from tqdm import tqdm
-
 from llama_jax.data import corpus as corpus_lib
 from llama_jax.data.mixture import make_eval_batches
 from llama_jax.eval.tasks import readers
 from llama_jax.eval.tasks.base import EvalContext, Task
 from llama_jax.eval.tasks.readers import DataError, get_field
+from llama_jax.progress import bar as progress_bar
 from llama_jax.train.config_file import load_config_file
 from llama_jax.train.data import source_specs
 
@@ -109,9 +108,8 @@ def run_perplexity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int
                                         source_id=i)
             lp, n = 0.0, 0
             name = spec["name"] if isinstance(spec, dict) else spec.name
-            for batch in tqdm(batches, desc=f"{ctx.label or 'perplexity'} {name}", unit="batch",
-                              dynamic_ncols=True,
-                              disable=None if ctx.progress is None else not ctx.progress):
+            for batch in progress_bar(batches, desc=f"{ctx.label or 'perplexity'} {name}",
+                                      unit="batch", progress=ctx.progress):
                 b_lp, b_n = scorer.packed_loglikelihood(batch)
                 lp, n = lp + b_lp, n + b_n
             per_source[name] = _summary(lp, n, None)

@@ -26,8 +26,8 @@ import json
 import os
 from pathlib import Path
 
-from llama_jax.convert.workdir import DATA, META, STATE
-from llama_jax.data.tokenizer import atomic_write
+from llama_jax.convert.layout import DATA, META, STATE
+from llama_jax.fileio import atomic_write
 
 DIGESTS = "digests.json"
 ALGORITHM = "sha256"
