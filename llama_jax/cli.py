@@ -23,14 +23,13 @@ import contextlib
 import functools
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from absl import app, flags
 
-from llama_jax import errors
+from llama_jax import errors, fileio
 from llama_jax.errors import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, NonFiniteLossError
 
 TRACEBACK_ENV = "LLAMA_JAX_TRACEBACK"
@@ -139,11 +138,9 @@ def check_output_file(path: str, flag: str) -> None:
         what = "is a file" if os.path.exists(folder) else "does not exist"
         raise errors.ConfigError(f"--{flag}={path}: the folder {folder} {what}; create it "
                                  f"(mkdir -p {folder}) or choose another path")
-    try:  # a real write: os.access says yes to root on a read-only mount
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise errors.ConfigError(f"--{flag}={path}: the folder {folder} is not writable "
-                                 f"({e.strerror or e}); choose another path") from None
+    problem = fileio.unwritable_parent(folder)
+    if problem is not None:
+        raise errors.ConfigError(f"--{flag}={path}: {problem}; choose another path")
 
 
 def check_folder(path: str, flag: str) -> None:
@@ -154,17 +151,10 @@ def check_folder(path: str, flag: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise errors.ConfigError(f"--{flag}={path} is a file, not a folder; choose a folder "
                                  "path (a new one, or an existing one)")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise errors.ConfigError(f"--{flag}={path}: {probe} is a file, not a folder; choose a "
-                                 "path whose parents are folders")
-    try:  # a real write: os.access says yes to root on a read-only mount
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as e:
-        raise errors.ConfigError(f"--{flag}={path}: the folder {probe} is not writable "
-                                 f"({e.strerror or e}); choose a writable folder") from None
+    problem = fileio.unwritable_parent(path)
+    if problem is not None:
+        raise errors.ConfigError(f"--{flag}={path}: {problem}; choose a writable folder whose "
+                                 "parents are folders")
 
 
 def _root_user_error(error: BaseException) -> BaseException | None:

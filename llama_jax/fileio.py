@@ -29,3 +29,22 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def unwritable_parent(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be created or written as a folder, or None.
+
+    Looks at the nearest existing ancestor (or `path` itself): a file there,
+    or a folder where a real write fails (`os.access` says yes to root on a
+    read-only mount), is the reason returned. Creates nothing.
+    """
+    probe = os.path.abspath(os.fspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is a file, not a folder"
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        return f"the folder {probe} is not writable ({e.strerror or e})"
+    return None

@@ -53,6 +53,7 @@ def fx(tmp_path_factory):
     (root / "a_file").write_text("not a folder\n")
     (root / "syntax.py").write_text("def get_config(:\n    return None\n")
     (root / "no_get_config.py").write_text("CONFIG = {}\n")
+    (root / "raising.py").write_text("def get_config(arg=None):\n    return {}['size']\n")
     (root / "empty_workdir").mkdir()
     return root
 
@@ -71,6 +72,8 @@ def _cases(p: Path):
                                       "syntax.py line 1: invalid syntax (a syntax error); fix"),
         "train-config-no-get_config": (train + [f"--config={p / 'no_get_config.py'}"],
                                        "no_get_config.py defines no get_config()"),
+        "train-config-get_config-raises": (train + [f"--config={p / 'raising.py'}:7b"],
+                                           "get_config('7b') failed (KeyError: 'size')"),
         "train-config-missing-file": (train + [f"--config={p / 'nope.py'}"],
                                       "nope.py does not exist; pass a config file"),
         "train-config-not-given": (train, "--config is required"),

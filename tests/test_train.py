@@ -260,6 +260,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path):
         _, params = load_params(wd / "checkpoints" / str(step))
         assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(params))
     recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert "device_hours" in recs[-1]  # the footprint is recorded on this path too
+    recs = [r for r in recs if "device_hours" not in r]
     assert all(np.isfinite(r["loss"]) for r in recs)
 
 
@@ -272,6 +274,8 @@ def test_nonfinite_skip_drops_updates_then_gives_up(root, tmp_path):
     with pytest.raises(NonFiniteLossError, match="after 3 skipped updates in a row"):
         train_and_evaluate(config, str(wd))
     recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert "device_hours" in recs[-1]  # the footprint is recorded on this path too
+    recs = [r for r in recs if "device_hours" not in r]
     # The huge first update leaves the loss finite (RMSNorm) but the gradients NaN.
     skipped = [r["step"] for r in recs
                if not (np.isfinite(float(r["loss"])) and np.isfinite(float(r["grad_norm"])))]

@@ -32,6 +32,7 @@ import numpy as np
 
 from llama_jax.convert.progress import progress_bar
 from llama_jax.errors import ConversionError
+from llama_jax.fileio import unwritable_parent
 from llama_jax.model.config import DTYPES, LlamaConfig
 from llama_jax.model.llama import abstract_params
 
@@ -396,18 +397,10 @@ def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
         if any(path.iterdir()) and not overwrite:
             raise ConversionError(f"destination {path} is not empty; choose another path or "
                                   "pass overwrite=True (--overwrite) to replace it")
-    for parent in path.absolute().parents:
-        if not parent.exists():
-            continue
-        if not parent.is_dir():
-            raise ConversionError(f"destination {path}: {parent} is a file, not a folder; "
-                                  "choose a destination whose parents are folders")
-        try:  # a real write (os.access says yes to root on a read-only mount)
-            tempfile.TemporaryFile(dir=parent).close()
-        except OSError as e:
-            raise ConversionError(f"destination {path}: the folder {parent} is not writable "
-                                  f"({e.strerror or e}); choose a writable destination") from None
-        break
+    problem = unwritable_parent(path.absolute().parent)
+    if problem is not None:
+        raise ConversionError(f"destination {path}: {problem}; choose a writable destination "
+                              "whose parents are folders")
     return path
 
 

@@ -60,6 +60,8 @@ def main(argv: Sequence[str]) -> None:
     result: TrainResult = train_and_evaluate(config, FLAGS.workdir)
     print(f"{result.status}: step {result.step} (from {result.start_step}), "
           f"last loss {result.last_loss}, {result.wall_seconds:.1f}s", file=sys.stderr)
+    if result.footprint is not None:
+        print(f"footprint: {result.footprint.describe()}", file=sys.stderr)
 
 
 def run() -> None:

@@ -51,7 +51,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"--config={spec}: {path} defines no get_config(); a config file "
                           "defines get_config(arg=None) returning an ml_collections.ConfigDict "
                           "(see configs/tiny.py)")
-    config = get_config(arg) if arg else get_config()
+    try:
+        config = get_config(arg) if arg else get_config()
+    except ConfigError:
+        raise
+    except Exception as e:  # the file's get_config itself failed (a bad arg, a bug in it)
+        raise ConfigError(f"--config={spec}: get_config({arg!r}) failed ({type(e).__name__}: "
+                          f"{e}); fix the file or the argument after ':'") from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"--config={spec}: get_config() returned {type(config).__name__}, "
                           "not an ml_collections.ConfigDict")

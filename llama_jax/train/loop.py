@@ -46,7 +46,7 @@ from llama_jax.fileio import atomic_write
 from llama_jax.model.config import LlamaConfig
 from llama_jax.train import carbon, metrics, optim
 from llama_jax.train import checkpoint as ckpt_lib
-from llama_jax.train import config as config_base
+from llama_jax.train import config as train_config
 from llama_jax.train.data import DataSetup, setup_data
 from llama_jax.train.step import (
     abstract_train_state,
@@ -277,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     when the loss diverges under ``train.on_nonfinite='stop'``.
     """
     t0 = time.perf_counter()
-    mcfg = config_base.validate(config)
+    mcfg = train_config.validate(config)
     workdir = str(workdir)
     if "://" in workdir:
         raise ConfigError(
@@ -383,6 +383,7 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
     status = "completed"
 
     preempt = PreemptionHandler()
+    step = start
     try:
         with preempt:
             for i in range(start, t.steps):
@@ -415,11 +416,12 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
                                     preempt.signal_name or "preemption", step)
                     break
             tracker.settle()
-        # The summary record: this invocation's device-hours, energy and tCO2eq.
-        footprint = carbon.run_footprint(time.perf_counter() - t0, carbon_settings)
-        log.writer.write(int(jax.device_get(state.step)), footprint.metrics())
-        logging.info("footprint: %s", footprint.describe())
     finally:
+        # The summary record, on every path (a run that diverged spent energy too):
+        # this invocation's device-hours, energy and tCO2eq (Table 15).
+        footprint = carbon.run_footprint(time.perf_counter() - t0, carbon_settings)
+        log.writer.write(step, footprint.metrics())
+        logging.info("footprint: %s", footprint.describe())
         log.close()
     end = int(jax.device_get(state.step)) if status != "completed" else t.steps
     return TrainResult(status, start, end, tracker.last_loss, eval_losses,
