@@ -538,3 +538,26 @@ _FRESH_BUILTIN_ROUTES = {  # ways to a copy of a module whose calls the hook swa
 def test_hook_refuses_fresh_copies_of_swapped_modules(route):
     res = sandbox.run_python(_FRESH_BUILTIN_ROUTES[route], limits=FAST, **HOOK_ONLY)
     assert not res.passed and "PermissionError: sandbox: importing" in res.stderr, res.stderr
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_namespaces_hold_when_the_interpreter_lives_under_a_hidden_folder(tmp_path, monkeypatch):
+    """A virtualenv under /tmp (as CI clones often are): /tmp is hidden inside
+    the mount namespace, so the sandbox must exec the real interpreter, not the
+    venv's symlink, or the namespaces would silently fall away."""
+    link_dir = Path(tempfile.mkdtemp(prefix="sbx_venv_"))  # under the hidden temp dir
+    try:
+        link = link_dir / "python"
+        link.symlink_to(os.path.realpath(sys.executable))
+        monkeypatch.setattr(sys, "executable", str(link))
+        sandbox.readonly_filesystem_available.cache_clear()
+        available = sandbox.readonly_filesystem_available()
+        baseline = subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+        assert available == baseline  # the walls do not depend on where the venv lives
+        if available:
+            res = sandbox.run_python("print('ok')", readonly_filesystem=True)
+            assert res.passed and res.stdout.strip() == "ok", res.stderr
+            assert "mount" in res.walls
+    finally:
+        sandbox.readonly_filesystem_available.cache_clear()
+        shutil.rmtree(link_dir, ignore_errors=True)

@@ -97,6 +97,12 @@ def _remount_readonly(libc, target):
     libc.mount(None, target, flags)
 
 
+# The real interpreter binary, resolved before any folder is hidden: a
+# virtualenv's ``python`` is a symlink into a folder that may be hidden (a venv
+# under /tmp, as CI clones often are), and ``-I -S`` needs only the base one.
+_PYTHON = os.path.realpath(sys.executable)
+
+
 def readonly_filesystem(root, program, disk_mb, max_files, hide):
     """Step 1 of the module docstring; returns the program's path, raises OSError."""
     libc = _Libc()
@@ -105,10 +111,15 @@ def readonly_filesystem(root, program, disk_mb, max_files, hide):
         source = f.read()
     libc.mount(None, "/", _MS_REC | _MS_PRIVATE)
     hidden = set()
+    # The interpreter the program will run (and its standard library) must stay
+    # visible: a virtualenv or a Python installed under /tmp is common in CI.
+    needed = [_PYTHON, os.path.realpath(sys.base_prefix)]
     for path in (*_HIDDEN, *hide):
         real = os.path.realpath(path)
         if real in hidden or not os.path.isdir(real) or real == "/":
             continue
+        if any(n == real or n.startswith(real + os.sep) for n in needed):
+            continue  # hiding it would hide the interpreter itself
         hidden.add(real)
         libc.mount("tmpfs", real, 0, "tmpfs", "size=1m,nr_inodes=256,mode=0755")
     os.makedirs(root, mode=0o700, exist_ok=True)  # inside a hiding tmpfs, if under one
@@ -165,8 +176,8 @@ def main(argv):
     set_limits(cpu_s, mem_b, fsize_b, nofile)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", guard, root, program,
-                              str(int(hook_on)), str(max_files)])
+    os.execv(_PYTHON, [_PYTHON, "-I", "-S", "-B", "-c", guard, root, program,
+                       str(int(hook_on)), str(max_files)])
     return 127  # not reached
 
 
