@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_jax.eval import sandbox
+from llama_jax.eval import sandbox, sandbox_setup
 
 FAST = sandbox.SandboxLimits(timeout_s=5.0, cpu_s=5, memory_mb=512)
 
@@ -243,11 +243,23 @@ def outside(tmp_path):
     return _victim_in(tmp_path)
 
 
+def _visible_base() -> Path:
+    """A writable folder the mount namespace does not hide: beside the tests, or
+    the home folder when the checkout itself lies under a hidden one (/tmp)."""
+    hidden = [os.path.realpath(h) for h in (*sandbox_setup._HIDDEN, tempfile.gettempdir())]
+    for base in (Path(__file__).parent, Path.home()):
+        real = os.path.realpath(base)
+        if not any(real == h or real.startswith(h + os.sep) for h in hidden) and \
+                os.access(real, os.W_OK):
+            return base
+    pytest.skip("no writable folder outside the ones the sandbox hides")
+
+
 @pytest.fixture()
 def outside_visible():
-    # The mount namespace hides /tmp (where tmp_path lives) altogether; files
-    # beside the tests stay visible there, so its read-only mounts are tested.
-    folder = Path(tempfile.mkdtemp(prefix=".sandbox_outside_", dir=Path(__file__).parent))
+    # The mount namespace hides /tmp (where tmp_path lives) altogether; files in
+    # a visible folder stay visible there, so its read-only mounts are tested.
+    folder = Path(tempfile.mkdtemp(prefix=".sandbox_outside_", dir=_visible_base()))
     yield _victim_in(folder)
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -405,7 +417,14 @@ def test_no_process_outlives_the_sandbox():
             "try:\n    os.setsid()\nexcept OSError:\n    pass\ntime.sleep(0.5)\nprint('forked', flush=True)\ntime.sleep(30)\n")
     res = sandbox.run_python(code, limits=sandbox.SandboxLimits(timeout_s=1.5, cpu_s=5),
                              **NAMESPACES_ONLY)
+    # The kernel kills a namespace's processes when its init dies, but not at
+    # the same instant: a busy machine may still be reaping them. One that
+    # outlives the sandbox would sleep for 30 s, far past this grace.
+    deadline = time.monotonic() + 5.0
     left = _processes_with(token)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = _processes_with(token)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert res.timed_out and res.stdout == "forked\n", res.stderr
