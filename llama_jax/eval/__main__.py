@@ -24,7 +24,8 @@ from absl import app, flags, logging
 
 from llama_jax.cli import check_output_file, run_cli, user_errors
 from llama_jax.convert import from_pretrained
-from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
+from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.eval import paper_results, report
 from llama_jax.eval.runner import build_context, check_batch_size, evaluate
 from llama_jax.eval.tasks import EvalOptions, parse_task_list
@@ -35,7 +36,8 @@ from llama_jax.model import count_params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
-flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: <checkpoint>/tokenizer.model).")
+flags.DEFINE_string("tokenizer", None, "tokenizer.model (SentencePiece) or tokenizer.json (Hugging Face) "
+                    "(default: the checkpoint's, tokenizer.model first).")
 flags.DEFINE_string("tasks", None, "Comma-separated tasks, each 'name' or 'name:shots'.")
 flags.DEFINE_string("data_dir", None, "Root holding one folder of published data files (or a "
                     "TFDS array_record data set) per task.")
@@ -94,14 +96,14 @@ def main(argv):
     md_path = FLAGS.markdown or os.path.splitext(FLAGS.output)[0] + ".md"
     check_output_file(FLAGS.output, "output")  # before the model is loaded, not after the run
     check_output_file(md_path, "markdown" if FLAGS.markdown else "output")
-    tok_path = FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model")
     with user_errors():  # a checkpoint or tokenizer that cannot be used
-        tokenizer = Tokenizer.load(tok_path)
+        tokenizer, tok_path = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
         overrides = {"attention_impl": FLAGS.attention_impl}
         if FLAGS.dtype:
             overrides["dtype"] = FLAGS.dtype
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                          config_overrides=overrides)
+        check_tokenizer_fits(tokenizer, config.vocab_size, f"checkpoint {FLAGS.checkpoint}")
     num_params = count_params(config)
     ctx = build_context(config, params, tokenizer, mesh=mesh, batch_size=FLAGS.batch_size,
                         max_len=FLAGS.max_len, seed=FLAGS.seed, options=options)
