@@ -228,11 +228,25 @@ def test_generate_and_eval_cli_on_a_folder_with_only_tokenizer_json(hf_folder, t
     data = tmp_path / "data" / "perplexity"
     data.mkdir(parents=True)
     (data / "mixed.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    long_docs = tmp_path / "data" / "long_perplexity"
+    long_docs.mkdir()
+    (long_docs / "long.txt").write_text(pathlib.Path(json.__file__).read_text())
     res = tmp_path / "results.json"
-    done = _run(["llama_jax.eval", f"--checkpoint={hf_folder}", "--tasks=perplexity",
-                 f"--data_dir={tmp_path / 'data'}", f"--output={res}", "--batch_size=2"])
+    # The long-context tasks score past the checkpoint's max_seq_len=256 (--max_seq_len).
+    done = _run(["llama_jax.eval", f"--checkpoint={hf_folder}", f"--output={res}",
+                 "--tasks=perplexity,long_perplexity,passkey", f"--data_dir={tmp_path / 'data'}",
+                 "--batch_size=2", "--max_seq_len=512", "--position_bucket=128",
+                 "--passkey_lengths=200,512", "--passkey_depths=0,1", "--passkey_samples=1"])
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(res.read_text())
+    long = report["results"]["long_perplexity"]
+    assert list(long["buckets"]) == ["[0, 128)", "[128, 256)", "[256, 384)", "[384, 512)"]
+    assert long["tokens"] == 512 and long["seq_len"] == 512
+    assert report["results"]["passkey"]["num_examples"] == 4
+    assert set(report["results"]["passkey"]["grid"]) == {"200@0.0", "200@1.0", "512@0.0", "512@1.0"}
+    table = res.with_suffix(".md").read_text()
+    assert "| long_perplexity [384, 512) | perplexity |" in table
+    assert "| passkey 512 tokens, depth 1.0 | accuracy |" in table
     assert report["model"]["tokenizer"] == str(hf_folder / "tokenizer.json")
     src = report["results"]["perplexity"]["sources"]["mixed"]
     assert src["tokens"] == sum(len(ours.encode(t)) for t in TEXTS)  # scored with our BPE ids
