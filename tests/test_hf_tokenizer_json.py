@@ -205,6 +205,9 @@ def hf_folder(tmp_path_factory, llama3_dir):
     llama_jax.save_pretrained(cfg, init_params(cfg, jax.random.key(0)), out, format="hf")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(llama3_dir / name, out / name)
+    gen = json.loads((out / "generation_config.json").read_text())  # LLaMA's 1/2/0 without one
+    gen.update(bos_token_id=VOCAB - 3, eos_token_id=VOCAB - 2, pad_token_id=None)
+    (out / "generation_config.json").write_text(json.dumps(gen))
     assert not (out / "tokenizer.model").exists()
     return out
 
@@ -270,3 +273,18 @@ def test_cli_refuses_a_tokenizer_larger_than_the_model(tmp_path, llama3_dir):
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("error:") and str(tok) in line and f"{VOCAB} ids" in line
     assert "vocab_size=256" in line and "--tokenizer" in line
+
+
+def test_convert_carries_a_tokenizer_json(hf_folder, tmp_path, ours):
+    from llama_jax.convert import convert_checkpoint
+
+    for fmt in ("orbax", "hf"):
+        dst = tmp_path / fmt
+        convert_checkpoint(hf_folder, dst, fmt, progress=False)
+        assert not (dst / "tokenizer.model").exists()
+        back = load_tokenizer(dst)
+        assert isinstance(back, HFTokenizer)
+        assert back.tokenizer_json == ours.tokenizer_json
+        assert (back.bos_id, back.eos_id) == (ours.bos_id, ours.eos_id)
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert (gen["bos_token_id"], gen["eos_token_id"]) == (ours.bos_id, ours.eos_id)

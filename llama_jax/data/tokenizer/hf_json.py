@@ -11,7 +11,9 @@ resolves them:
   (``{"content": ...}``) counts by its content;
 - for an id the tokenizer files do not name, ``generation_config.json``'s then
   ``config.json``'s ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` (a
-  list of eos ids: the first is `eos_id`, all are `stop_ids`);
+  list of eos ids: the first is `eos_id`);
+- `stop_ids`: the tokenizer's eos, then every ``eos_token_id`` of
+  ``generation_config.json`` (else ``config.json``), as generate stops on;
 - an ``unk_token`` absent everywhere falls back to the BPE model's own (a
   byte-level BPE has none: `unk_id` is None); pad falls back to unk, then eos.
 
@@ -124,11 +126,13 @@ class HFTokenizer:
         pad = first.get("pad")
         self._pad = pad if pad is not None else self._unk if self._unk is not None else self._eos
         stops = list(ids.get("eos", []))
-        for mc in model_cfgs:  # generate stops on every eos the model's configs name
-            value = mc.get("eos_token_id")
-            for v in (value if isinstance(value, list) else [value]) if value is not None else []:
-                if int(v) not in stops:
-                    stops.append(int(v))
+        # transformers' generate stops on generation_config.json's eos ids (config.json's
+        # when there is no generation_config.json); the tokenizer's eos comes first.
+        gen = self.side.get("generation_config.json", self.side.get("config.json", {}))
+        value = gen.get("eos_token_id")
+        for v in (value if isinstance(value, list) else [value]) if value is not None else []:
+            if int(v) not in stops:
+                stops.append(int(v))
         self._stops = tuple(stops)
         for name, tid in (("bos", self._bos), ("eos", self._eos), ("pad", self._pad)):
             if tid is not None and not 0 <= tid < self._vocab_size:

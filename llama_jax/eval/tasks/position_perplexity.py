@@ -142,10 +142,10 @@ def bucket_nll(logprobs: Sequence[np.ndarray], width: int) -> dict[str, dict[str
 
 def run_long_perplexity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | None):
     """Per-bucket perplexity over rows of the scorer's max_len (see the module docstring)."""
+    docs = _file_documents(data_dir)  # bad files fail before the model is compiled
     scorer = ctx.scorer
     seq_len = scorer.max_len
     width = ctx.options.position_bucket
-    docs = _file_documents(data_dir)
     if docs is not None:
         per_source = {name: document_rows(ctx.tokenizer, d, seq_len, limit) for name, d in docs.items()}
     else:
