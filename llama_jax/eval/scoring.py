@@ -113,8 +113,10 @@ class Scorer:
     def _token_batch(self, params, tokens, positions, targets, segment_ids):
         logits = self._model.apply({"params": params}, tokens, positions=positions,
                                    segment_ids=segment_ids)  # [batch, len, vocab]
-        logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch, len, vocab]
-        return jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]  # [batch, len]
+        logits = logits.astype(jnp.float32)  # [batch, len, vocab]
+        # logit(target) - logsumexp: no second [batch, len, vocab] array (long rows, big vocabs).
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [batch, len]
+        return picked - jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
 
     def token_logprobs(self, rows: Sequence[Sequence[int]], *, progress: bool | None = None,
                        desc: str = "scoring") -> list[np.ndarray]:

@@ -205,8 +205,8 @@ class HFTokenizer:
             if flag and tid is None:
                 raise DataError(f"{self.path or 'the tokenizer'} names no {name} token (no "
                                 f"{name}_token in tokenizer_config.json, no {name}_token_id in "
-                                f"generation_config.json / config.json); add one or pass "
-                                f"{name}=False")
+                                f"generation_config.json / config.json); add one, or encode without "
+                                f"it (--no{name} where a CLI has it)")
         return [self._bos] * bos + ids + [self._eos] * eos
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:

@@ -64,20 +64,25 @@ def _size(req) -> int:
 def build_example(tokenizer, length: int, depth: float, key: str, guess: int = 0) -> dict[str, Any]:
     """The longest prompt whose BOS + prompt + answer tokens fit `length`, with `key` at `depth`.
 
-    `guess` (filler sentences) is where the search starts; returns the request
+    The number of filler sentences is found by doubling from `guess` and then
+    bisecting (a dozen encodes even at 32k tokens); returns the request
     (context ids, answer ids) and the filler sentences used.
     """
-    if _size(_request(tokenizer, key, 0, depth)) > length:
+    def fits(n: int) -> bool:
+        return _size(_request(tokenizer, key, n, depth)) <= length
+
+    if not fits(0):
         raise ConfigError(f"passkey: length {length} tokens cannot hold even the prompt without "
                           f"filler ({_size(_request(tokenizer, key, 0, depth))} tokens); raise "
                           "--passkey_lengths")
-    n = max(guess, 0)
-    while n > 0 and _size(_request(tokenizer, key, n, depth)) > length:
-        n = max(n - max(1, n // 50), 0)
-    while _size(_request(tokenizer, key, n + 1, depth)) <= length:
-        n += 1
-    ctx, cont = _request(tokenizer, key, n, depth)
-    return {"context": ctx, "answer": cont, "filler_sentences": n}
+    lo, hi = 0, max(guess, 16)
+    while fits(hi):  # invariant: fits(lo), and hi is the next size to try
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:  # now fits(lo) and not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    ctx, cont = _request(tokenizer, key, lo, depth)
+    return {"context": ctx, "answer": cont, "filler_sentences": lo}
 
 
 def _lengths(ctx: EvalContext, max_len: int) -> tuple[int, ...]:
