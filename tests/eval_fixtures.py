@@ -166,4 +166,5 @@ def data_dir(tmp_path_factory):
     _jsonl(root / "perplexity/wiki.jsonl", [{"text": "The cat sat on the mat. " * 8},
                                             {"text": "Dogs bark."}])
     (root / "perplexity/code.txt").write_text("def f(x):\n    return x + 1\n" * 6)
+    _jsonl(root / "long_perplexity/long.jsonl", [{"text": "The grass is green. " * 40}])
     return str(root)

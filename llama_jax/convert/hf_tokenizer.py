@@ -19,18 +19,36 @@ say. The generic class loads ``tokenizer.json`` as written, whose normalizer
 (``Prepend("▁")`` + spaces -> "▁", the pipeline transformers' own converter
 uses with ``legacy=True``) prepends always, so ids equal ours. We also set
 ``split_special_tokens=True``: our `Tokenizer` never parses "<s>" inside text.
+
+A checkpoint whose tokenizer is a Hugging Face ``tokenizer.json`` only (Llama 3)
+loads as an `HFTokenizer`: `find_tokenizer` falls back to ``tokenizer.json``
+when there is no ``tokenizer.model``, and the save functions copy its
+``tokenizer.json`` and side files (``tokenizer_config.json``,
+``special_tokens_map.json``) as they were read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2
 
 from llama_jax.convert.common import ConversionError
-from llama_jax.data.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
+from llama_jax.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    TOKENIZER_TYPES,
+    UNK_ID,
+    AnyTokenizer,
+    HFTokenizer,
+    Tokenizer,
+    check_tokenizer_fits,
+    find_tokenizer_file,
+)
+from llama_jax.data.tokenizer import load_tokenizer as _load_any
 from llama_jax.model.config import LlamaConfig
 
 TOKENIZER_MODEL = "tokenizer.model"
@@ -43,22 +61,23 @@ _SPACE = "\u2581"  # SentencePiece's whitespace symbol "▁".
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 
 
-def load_tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
-    """A `Tokenizer`, a ``tokenizer.model`` path, or a folder holding one -> `Tokenizer`."""
-    if isinstance(tokenizer, Tokenizer):
+def load_tokenizer(tokenizer: AnyTokenizer | str | Path) -> AnyTokenizer:
+    """A tokenizer, a ``tokenizer.model`` / ``tokenizer.json`` path, or a folder holding one."""
+    if isinstance(tokenizer, TOKENIZER_TYPES):
         return tokenizer
     try:
-        return Tokenizer.load(tokenizer)
+        return _load_any(tokenizer)
     except (FileNotFoundError, ValueError) as e:
         raise ConversionError(f"tokenizer={str(tokenizer)!r}: {e}") from e
 
 
 def find_tokenizer(src: str | Path) -> Path | None:
-    """The ``tokenizer.model`` that belongs to checkpoint `src`, if there is one.
+    """The ``tokenizer.model`` (else ``tokenizer.json``) that belongs to checkpoint `src`, if any.
 
     Looks in `src` itself; for a Meta release (``llama/7B/`` beside
     ``llama/tokenizer.model``) in its parent; for a training checkpoint in
-    its workdir (the folder holding ``checkpoints/``).
+    its workdir (the folder holding ``checkpoints/``). The first folder that
+    holds either file wins, a ``tokenizer.model`` before a ``tokenizer.json``.
     """
     src = Path(src).resolve()
     candidates = [src]
@@ -68,9 +87,26 @@ def find_tokenizer(src: str | Path) -> Path | None:
         if (up / "checkpoints").is_dir() and (src == up or src.is_relative_to(up / "checkpoints")):
             candidates.append(up)
     for folder in candidates:
-        if (folder / TOKENIZER_MODEL).is_file():
-            return folder / TOKENIZER_MODEL
+        found = find_tokenizer_file(folder)
+        if found is not None:
+            return Path(found)
     return None
+
+
+def checkpoint_tokenizer(checkpoint: str | Path, tokenizer: str | Path | None = None
+                         ) -> tuple[AnyTokenizer, str]:
+    """(tokenizer, its path) for the eval / generate CLIs: `tokenizer` if given, else `find_tokenizer`.
+
+    `tokenizer` may be a ``tokenizer.model``, a ``tokenizer.json`` or a folder
+    holding one. Nothing found is a `ConversionError` saying what to pass.
+    """
+    path = tokenizer if tokenizer else find_tokenizer(checkpoint)
+    if path is None:
+        raise ConversionError(f"no {TOKENIZER_MODEL} or {TOKENIZER_JSON} in checkpoint "
+                              f"{checkpoint} (nor beside it); pass --tokenizer=FILE (a "
+                              "SentencePiece tokenizer.model or a Hugging Face tokenizer.json)")
+    tok = load_tokenizer(path)
+    return tok, os.fspath(tok.path or path)
 
 
 def _model_proto(tok: Tokenizer) -> Any:
@@ -165,30 +201,50 @@ def tokenizer_config(tok: Tokenizer, config: LlamaConfig) -> dict[str, Any]:
     }
 
 
-def generation_config(config: LlamaConfig, tok: Tokenizer | None) -> dict[str, Any]:
+def generation_config(config: LlamaConfig, tok: AnyTokenizer | None) -> dict[str, Any]:
     """``generation_config.json``: ids (LLaMA's 1/2/0 when no tokenizer), greedy, max_length."""
     bos, eos, pad = (BOS_ID, EOS_ID, UNK_ID) if tok is None else (tok.bos_id, tok.eos_id,
                                                                    tok.pad_id)
+    if isinstance(tok, HFTokenizer) and len(tok.stop_ids) > 1:
+        eos = list(tok.stop_ids)
     return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad,
             "max_length": config.max_seq_len, "do_sample": False}
 
 
-def save_hf_tokenizer(out_dir: Path, config: LlamaConfig, tok: Tokenizer | None) -> None:
+def _write_json(out_dir: Path, name: str, obj: Any) -> None:
+    (out_dir / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n",
+                                encoding="utf-8")
+
+
+def save_hf_tokenizer(out_dir: Path, config: LlamaConfig, tok: AnyTokenizer | None) -> None:
     """Write generation_config.json and, given `tok`, the tokenizer files into `out_dir`."""
-    write = lambda name, obj: (out_dir / name).write_text(  # noqa: E731
-        json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write(GENERATION_CONFIG, generation_config(config, tok))
+    _write_json(out_dir, GENERATION_CONFIG, generation_config(config, tok))
     if tok is None:
         return
-    if tok.vocab_size > config.vocab_size:
-        raise ConversionError(f"the tokenizer has {tok.vocab_size} pieces but the model's "
-                              f"vocab_size is {config.vocab_size}; pass the model's own tokenizer")
+    try:
+        check_tokenizer_fits(tok, config.vocab_size)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    if isinstance(tok, HFTokenizer):
+        save_tokenizer_model(out_dir, tok)
+        return
+    write = lambda name, obj: _write_json(out_dir, name, obj)  # noqa: E731
     write(TOKENIZER_JSON, tokenizer_json(tok))
     write(TOKENIZER_CONFIG, tokenizer_config(tok, config))
     write(SPECIAL_TOKENS_MAP, special_tokens(tok))
     save_tokenizer_model(out_dir, tok)
 
 
-def save_tokenizer_model(out_dir: Path, tok: Tokenizer) -> None:
-    """Write the SentencePiece model (the bytes `tok` was loaded from) as ``tokenizer.model``."""
+def save_tokenizer_model(out_dir: Path, tok: AnyTokenizer) -> None:
+    """Write the tokenizer as it was read: ``tokenizer.model`` bytes, or ``tokenizer.json``.
+
+    An `HFTokenizer` also writes its ``tokenizer_config.json`` and
+    ``special_tokens_map.json`` (the model's config files are the writer's).
+    """
+    if isinstance(tok, HFTokenizer):
+        (out_dir / TOKENIZER_JSON).write_text(tok.tokenizer_json, encoding="utf-8")
+        for name in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP):
+            if name in tok.side:
+                _write_json(out_dir, name, tok.side[name])
+        return
     (out_dir / TOKENIZER_MODEL).write_bytes(tok.model_proto)

@@ -1,6 +1,7 @@
 """Data: SentencePiece tokenizer, document sources, the grain mixture pipeline, the default corpus.
 
-- `tokenizer`: `Tokenizer` (load / encode / decode), `train_tokenizer` (LLaMA's BPE recipe).
+- `tokenizer`: `Tokenizer` (load / encode / decode), `train_tokenizer` (LLaMA's BPE recipe),
+  `HFTokenizer` (a Hugging Face tokenizer.json), `load_tokenizer` (either, from a checkpoint).
 - `sources`: `SourceSpec`, `build_source` (text / jsonl / array_record / tfds), held-out split.
 - `mixture`: `make_train_iterator` (packed, mixed, per-process global batches with
   exact resume), `make_eval_batches` (held-out documents), `PAPER_MIXTURE`.
@@ -16,7 +17,8 @@ Code inside the package imports the submodules directly.
 import importlib
 
 _EXPORTS = {
-    "Tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
+    "Tokenizer": "tokenizer", "train_tokenizer": "tokenizer", "HFTokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
     "SourceSpec": "sources", "DataError": "sources", "build_source": "sources", "split_heldout": "sources",
     "make_train_iterator": "mixture", "make_eval_batches": "mixture", "PAPER_MIXTURE": "mixture",
     "paper_mixture": "mixture",

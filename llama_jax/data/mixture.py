@@ -44,7 +44,7 @@ from grain.experimental import index_shuffle
 
 from llama_jax.data import sources as sources_lib
 from llama_jax.data.packing import END_OF_STREAM, RowPacker
-from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.data.tokenizer import TOKENIZER_TYPES, Tokenizer, load_tokenizer
 
 # The paper's Table 1: sampling proportion (%) and epochs per source.
 PAPER_MIXTURE: dict[str, float] = {
@@ -375,8 +375,8 @@ def make_train_iterator(
       and `epoch_progress` float32 [b] (epochs of that source consumed, as
       seen from the row's slot).
     """
-    if not isinstance(tokenizer, Tokenizer):
-        tokenizer = Tokenizer.load(tokenizer)
+    if not isinstance(tokenizer, TOKENIZER_TYPES):  # a path: tokenizer.model or tokenizer.json
+        tokenizer = load_tokenizer(tokenizer)
     built = build_sources(sources)
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
@@ -414,8 +414,8 @@ def make_eval_batches(
     The last batch is padded with empty rows (`loss_mask == 0`). The held-out
     documents are those `split_heldout` excludes from training.
     """
-    if not isinstance(tokenizer, Tokenizer):
-        tokenizer = Tokenizer.load(tokenizer)
+    if not isinstance(tokenizer, TOKENIZER_TYPES):  # a path: tokenizer.model or tokenizer.json
+        tokenizer = load_tokenizer(tokenizer)
     (src,) = build_sources([source])
     _check_layout(seq_len, batch_size, 0, process_index, process_count)
     _, heldout = sources_lib.split_heldout(src)

@@ -24,7 +24,8 @@ from absl import app, flags, logging
 
 from llama_jax.cli import check_output_file, run_cli, user_errors
 from llama_jax.convert import from_pretrained
-from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
+from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.eval import paper_results, report
 from llama_jax.eval.runner import build_context, check_batch_size, evaluate
 from llama_jax.eval.tasks import EvalOptions, parse_task_list
@@ -35,7 +36,8 @@ from llama_jax.model import count_params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
-flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: <checkpoint>/tokenizer.model).")
+flags.DEFINE_string("tokenizer", None, "tokenizer.model (SentencePiece) or tokenizer.json (Hugging Face) "
+                    "(default: the checkpoint's, tokenizer.model first).")
 flags.DEFINE_string("tasks", None, "Comma-separated tasks, each 'name' or 'name:shots'.")
 flags.DEFINE_string("data_dir", None, "Root holding one folder of published data files (or a "
                     "TFDS array_record data set) per task.")
@@ -68,8 +70,18 @@ flags.DEFINE_float("sandbox_timeout_s", _OPT.sandbox_timeout_s,
 flags.DEFINE_string("perplexity_corpus", _OPT.perplexity_corpus,
                     "For the perplexity task: 'embedded', a corpus root or a training config "
                     ".py file (path.py[:arg]); scores that data's held-out split.")
+flags.DEFINE_integer("position_bucket", _OPT.position_bucket,
+                     "long_perplexity: width in tokens of each position bucket.")
+flags.DEFINE_list("passkey_lengths", None, "passkey: prompt lengths in tokens (default: 1/4, "
+                  "1/2 and all of the scored length).")
+flags.DEFINE_list("passkey_depths", [str(d) for d in _OPT.passkey_depths],
+                  "passkey: depths of the key in the filler, 0 (first) to 1 (last).")
+flags.DEFINE_integer("passkey_samples", _OPT.passkey_samples, "passkey: keys per length and depth.")
+flags.DEFINE_integer("max_seq_len", None, "Score up to this many positions, past the checkpoint's "
+                     "max_seq_len if need be (a run option, for long-context tasks).")
 _OPTION_FLAGS = ("gsm8k_samples", "gsm8k_temperature", "code_samples", "code_temperature",
-                 "max_gen_tokens", "sandbox_workers", "sandbox_timeout_s", "perplexity_corpus")
+                 "max_gen_tokens", "sandbox_workers", "sandbox_timeout_s", "perplexity_corpus",
+                 "position_bucket", "passkey_lengths", "passkey_depths", "passkey_samples")
 flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSON.")
 
 
@@ -86,7 +98,8 @@ def main(argv):
     options = EvalOptions(**{name: FLAGS[name].value for name in _OPTION_FLAGS})
     with user_errors():
         mesh = placement.parse_mesh(FLAGS.mesh)
-    needs_data = any(t.name != "perplexity" for t, _ in specs) or not FLAGS.perplexity_corpus
+    needs_data = any(t.needs_data and not (t.name == "perplexity" and FLAGS.perplexity_corpus)
+                     for t, _ in specs)
     if needs_data and not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (one folder of data files per task)")
     check_limit(FLAGS.limit)
@@ -94,14 +107,16 @@ def main(argv):
     md_path = FLAGS.markdown or os.path.splitext(FLAGS.output)[0] + ".md"
     check_output_file(FLAGS.output, "output")  # before the model is loaded, not after the run
     check_output_file(md_path, "markdown" if FLAGS.markdown else "output")
-    tok_path = FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model")
     with user_errors():  # a checkpoint or tokenizer that cannot be used
-        tokenizer = Tokenizer.load(tok_path)
+        tokenizer, tok_path = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
         overrides = {"attention_impl": FLAGS.attention_impl}
+        if FLAGS.max_seq_len:
+            overrides["max_seq_len"] = FLAGS.max_seq_len
         if FLAGS.dtype:
             overrides["dtype"] = FLAGS.dtype
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                          config_overrides=overrides)
+        check_tokenizer_fits(tokenizer, config.vocab_size, f"checkpoint {FLAGS.checkpoint}")
     num_params = count_params(config)
     ctx = build_context(config, params, tokenizer, mesh=mesh, batch_size=FLAGS.batch_size,
                         max_len=FLAGS.max_len, seed=FLAGS.seed, options=options)

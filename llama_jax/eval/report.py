@@ -42,6 +42,19 @@ def table_rows(name: str, res: dict[str, Any], size: str) -> list[tuple[str, str
             rows.append((f"{name}/{src}", "perplexity", f"{s['perplexity']:.3f}", "",
                          f"{s['tokens']} tokens{extra}"))
         return rows
+    if task == "long_perplexity":
+        rows.append((name, "perplexity", f"{res['perplexity']:.3f}", "",
+                     f"{res['tokens']} tokens, rows of {res['seq_len']}"))
+        for key, b in res.get("buckets", {}).items():
+            rows.append((f"{name} {key}", "perplexity", f"{b['perplexity']:.3f}", "",
+                         f"{b['tokens']} tokens"))
+        return rows
+    if task == "passkey":
+        rows.append((name, "accuracy", _pct(res["accuracy"]), "", note))
+        for cell, acc in res.get("grid", {}).items():
+            length, depth = cell.split("@")
+            rows.append((f"{name} {length} tokens, depth {depth}", "accuracy", _pct(acc), "", ""))
+        return rows
     if task in ("naturalqs", "triviaqa"):
         key = f"{task}@{shots}"
         return [(f"{name} ({shots}-shot)", "exact_match", _pct(res["exact_match"]),

@@ -16,6 +16,7 @@ from typing import Any
 from absl import logging
 
 from llama_jax import sharding
+from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.errors import ConfigError, DataError
 from llama_jax.eval.scoring import Scorer
 from llama_jax.eval.tasks import EvalContext, EvalOptions, Task
@@ -38,9 +39,7 @@ def build_context(config, params, tokenizer, *, mesh=None,
     terminal (None).
     """
     check_batch_size(batch_size)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                         f"vocabulary is {config.vocab_size}; use the model's own tokenizer")
+    check_tokenizer_fits(tokenizer, config.vocab_size)  # a DataError naming the file, both sizes
     mesh = mesh if mesh is not None else placement.default_mesh()
     params = placement.place_params(config, params, mesh, rules)
     return EvalContext(

@@ -13,6 +13,9 @@ traces of the jitted function so tests can assert it.
 windows (``get_rolling_token_windows`` + ``make_disjoint_window``): every token
 is predicted once, and every window after the first sees the model's full
 context; for perplexity.
+
+`Scorer.token_logprobs` gives every token's log-probability of a few rows
+(for perplexity by position, `llama_jax.eval.tasks.long_context`).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class Scorer:
         self._model = Llama(config)
         self._in_sharding = sharding.data_sharding(self.mesh, rules, shard_length=False)
         self._jitted = sharding.JittedStep(self._score_batch, self.mesh, rules)
+        self._jitted_tokens = sharding.JittedStep(self._token_batch, self.mesh, rules)
 
     @property
     def trace_count(self) -> int:
@@ -105,6 +109,51 @@ class Scorer:
         total = jnp.sum(jnp.where(mask, target_lp, 0.0), axis=-1)  # [batch]
         all_greedy = jnp.all(jnp.where(mask, greedy, True), axis=-1)  # [batch]
         return total, all_greedy
+
+    def _token_batch(self, params, tokens, positions, targets, segment_ids):
+        logits = self._model.apply({"params": params}, tokens, positions=positions,
+                                   segment_ids=segment_ids)  # [batch, len, vocab]
+        logits = logits.astype(jnp.float32)  # [batch, len, vocab]
+        # logit(target) - logsumexp: no second [batch, len, vocab] array (long rows, big vocabs).
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [batch, len]
+        return picked - jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
+
+    def token_logprobs(self, rows: Sequence[Sequence[int]], *, progress: bool | None = None,
+                       desc: str = "scoring") -> list[np.ndarray]:
+        """log p(row[i + 1] | row[:i + 1]) for every i of each row: float32 [len(row) - 1] arrays.
+
+        Each row is read from position 0 (put BOS first) and holds 2 to
+        ``max_len + 1`` tokens; rows are batched and right-padded to a bucket
+        (bar: as `loglikelihood`).
+        """
+        vocab = self.config.vocab_size
+        for r, row in enumerate(rows):
+            if not 2 <= len(row) <= self.max_len + 1:
+                raise ValueError(f"row {r} has {len(row)} tokens; token_logprobs scores rows of "
+                                 f"2 to max_len + 1 = {self.max_len + 1} tokens")
+            bad = [t for t in row if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is outside the model's vocabulary "
+                                 f"[0, {vocab}); is the tokenizer the model's?")
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        out: list[np.ndarray | None] = [None] * len(rows)
+        with progress_bar(total=len(order), desc=desc, unit="row", progress=progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                length = _bucket(max(len(rows[i]) - 1 for i in idx), self.buckets)
+                shape = (self.batch_size, length)
+                tokens, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+                segs = np.zeros(shape, np.int32)
+                positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape)
+                for j, i in enumerate(idx):
+                    n = len(rows[i]) - 1
+                    tokens[j, :n], targets[j, :n], segs[j, :n] = rows[i][:-1], rows[i][1:], 1
+                batch = jax.device_put((tokens, positions, targets, segs), self._in_sharding)
+                lp = np.asarray(self._jitted_tokens(self.params, *batch), np.float32)  # [batch, len]
+                for j, i in enumerate(idx):
+                    out[i] = lp[j, :len(rows[i]) - 1].copy()
+                bar.update(len(idx))
+        return out  # type: ignore[return-value]
 
     def _prepare(self, context: Sequence[int], continuation: Sequence[int]):
         if len(continuation) == 0:

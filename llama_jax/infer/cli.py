@@ -26,7 +26,8 @@ from absl import app, flags, logging
 
 from llama_jax.cli import check_output_file, run_cli, user_errors
 from llama_jax.convert import from_pretrained
-from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
+from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.errors import ConfigError, DataError
 from llama_jax.eval.tasks.readers import read_jsonl
 from llama_jax.infer import placement
@@ -34,7 +35,8 @@ from llama_jax.infer.engine import Generator, SamplingConfig, generate_text
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
-flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: <checkpoint>/tokenizer.model).")
+flags.DEFINE_string("tokenizer", None, "tokenizer.model (SentencePiece) or tokenizer.json (Hugging Face) "
+                    "(default: the checkpoint's, tokenizer.model first).")
 flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
 flags.DEFINE_string("prompts_file", None, "File of prompts: one per line, or .jsonl with 'prompt'.")
 flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate per sample.")
@@ -90,13 +92,14 @@ def main(argv):
         check_output_file(FLAGS.output, "output")  # before generating anything
     with user_errors():  # sampling values, mesh, checkpoint, tokenizer
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
-        tokenizer = Tokenizer.load(FLAGS.tokenizer or os.path.join(FLAGS.checkpoint, "tokenizer.model"))
+        tokenizer, _ = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
         overrides = {"attention_impl": FLAGS.attention_impl}
         if FLAGS.dtype:
             overrides["dtype"] = FLAGS.dtype
         mesh = placement.parse_mesh(FLAGS.mesh)
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                          config_overrides=overrides)
+        check_tokenizer_fits(tokenizer, config.vocab_size, f"checkpoint {FLAGS.checkpoint}")
     generator = Generator(config, params, mesh=mesh, batch_size=FLAGS.batch_size)
     del params  # the generator holds them on the mesh; free the host copy
     with user_errors():  # --max_new_tokens, --num_samples, a prompt too long for the model

@@ -7,7 +7,15 @@ default to the paper's setting for that task (`Task.default_fewshot`).
 from __future__ import annotations
 
 from llama_jax.errors import ConfigError
-from llama_jax.eval.tasks import code, commonsense, generative, mmlu, perplexity
+from llama_jax.eval.tasks import (
+    code,
+    commonsense,
+    generative,
+    mmlu,
+    passkey,
+    perplexity,
+    position_perplexity,
+)
 from llama_jax.eval.tasks.base import EvalContext, EvalOptions, Task
 from llama_jax.eval.tasks.readers import DataError
 
@@ -17,6 +25,8 @@ TASKS: dict[str, Task] = {
     **generative.TASKS,
     **code.TASKS,
     **perplexity.TASKS,
+    **position_perplexity.TASKS,
+    **passkey.TASKS,
 }
 
 ALIASES = {

@@ -48,6 +48,12 @@ class EvalOptions:
         (instead of perplexity_corpus).
       perplexity_seq_len: row length of the packed perplexity batches (None:
         the scorer's max_len).
+      position_bucket: width in tokens of the position buckets of
+        ``long_perplexity`` ([0, w), [w, 2w), ...).
+      passkey_lengths: prompt lengths in tokens of ``passkey`` (None: a
+        quarter, a half and all of the scorer's max_len).
+      passkey_depths: where the pass key sits in the filler, 0 (start) to 1 (end).
+      passkey_samples: prompts (pass keys) per length and depth.
     """
 
     gsm8k_samples: int = 1
@@ -63,8 +69,13 @@ class EvalOptions:
     perplexity_corpus: str | None = None
     perplexity_sources: tuple[Any, ...] | None = None
     perplexity_seq_len: int | None = None
+    position_bucket: int = 256
+    passkey_lengths: tuple[int, ...] | None = None
+    passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    passkey_samples: int = 5
 
     def __post_init__(self):
+        _check_long_context(self)
         at_least_one = ("gsm8k_samples", "gsm8k_max_new_tokens", "qa_max_new_tokens",
                         "code_samples", "code_max_new_tokens", "sandbox_workers")
         for name in at_least_one + ("max_gen_tokens",):
@@ -87,6 +98,37 @@ class EvalOptions:
                               "be > 0 seconds (--sandbox_timeout_s)")
         if self.perplexity_sources is not None:
             object.__setattr__(self, "perplexity_sources", tuple(self.perplexity_sources))
+
+
+def _numbers(name: str, values: Any, kind: type) -> tuple[Any, ...]:
+    """A tuple of `kind` from a sequence of numbers or strings (a comma flag's list)."""
+    try:
+        out = tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"eval option {name}={values!r} must be a list of numbers "
+                          f"(--{name}=a,b,c)") from None
+    if not out:
+        raise ConfigError(f"eval option {name} is empty; give at least one value (--{name})")
+    return out
+
+
+def _check_long_context(opts: EvalOptions) -> None:
+    """Validates (and normalises to tuples) the long-context options."""
+    for name in ("position_bucket", "passkey_samples"):
+        value = getattr(opts, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"eval option {name}={value!r} must be an integer >= 1 (--{name})")
+    if opts.passkey_lengths is not None:
+        lengths = _numbers("passkey_lengths", opts.passkey_lengths, int)
+        if min(lengths) < 16:
+            raise ConfigError(f"eval option passkey_lengths={lengths} must be >= 16 tokens each "
+                              "(--passkey_lengths)")
+        object.__setattr__(opts, "passkey_lengths", lengths)
+    depths = _numbers("passkey_depths", opts.passkey_depths, float)
+    if not all(0.0 <= d <= 1.0 for d in depths):
+        raise ConfigError(f"eval option passkey_depths={depths} must lie in [0, 1] "
+                          "(0: the key first, 1: last; --passkey_depths)")
+    object.__setattr__(opts, "passkey_depths", depths)
 
 
 @dataclasses.dataclass
@@ -149,6 +191,8 @@ class Task:
         dict has "primary_metric" naming its headline number.
       default_fewshot: shots when --num_fewshot is not given (the paper's).
       data_format: what ``data_dir/<name>/`` must hold (for docs and errors).
+      needs_data: False for a task that runs without ``--data_dir`` (built-in
+        or synthetic data).
     """
 
     name: str
@@ -156,6 +200,7 @@ class Task:
     run: Callable[..., dict[str, Any]]
     default_fewshot: int
     data_format: str
+    needs_data: bool = True
 
 
 def encode_pair(tokenizer: TokenizerLike, context: str, continuation: str

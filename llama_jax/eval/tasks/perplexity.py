@@ -76,7 +76,7 @@ def _config_file_specs(spec: str, vocab_size: int):
     return source_specs(load_config_file(spec).data, vocab_size)[0]
 
 
-def _corpus_specs(ctx: EvalContext):
+def corpus_specs(ctx: EvalContext):
     """SourceSpecs from options: explicit sources, a config file, a corpus root."""
     specs = ctx.options.perplexity_sources
     if specs:
@@ -98,7 +98,7 @@ def run_perplexity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int
     scorer = ctx.scorer
     per_source: dict[str, dict[str, Any]] = {}
     total_lp, total_tok = 0.0, 0
-    specs = _corpus_specs(ctx)
+    specs = corpus_specs(ctx)
     if specs is not None:
         seq_len = ctx.options.perplexity_seq_len or scorer.max_len
         for i, spec in enumerate(specs):
