@@ -23,14 +23,14 @@ from llama_jax.chat.session import ChatSession
 from llama_jax.chat.templates import get_template
 from llama_jax.cli import run_cli, user_errors
 from llama_jax.convert import from_pretrained
-from llama_jax.convert.hf_tokenizer import find_tokenizer, load_tokenizer
+from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
 from llama_jax.errors import ConfigError, DataError
 from llama_jax.infer import placement
 from llama_jax.infer.engine import Generator, SamplingConfig
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
-flags.DEFINE_string("tokenizer", None, "Tokenizer (default: the checkpoint's own).")
+flags.DEFINE_string("tokenizer", None, "tokenizer.model or tokenizer.json (default: the checkpoint's own).")
 flags.DEFINE_string("template", None, "Chat template name or tokenizer_config.json (default: the "
                     "checkpoint's, else llama2).")
 flags.DEFINE_string("system", None, "A system message for the whole conversation.")
@@ -94,11 +94,7 @@ def main(argv):
             raise ConfigError(f"--{name}={FLAGS[name].value} must be an integer >= 1")
     with user_errors():
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
-        source = FLAGS.tokenizer or find_tokenizer(FLAGS.checkpoint)
-        if source is None:
-            raise ConfigError(f"no tokenizer found beside --checkpoint={FLAGS.checkpoint}; "
-                              "pass --tokenizer=PATH")
-        tokenizer = load_tokenizer(source)
+        tokenizer, _ = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
         template = get_template(FLAGS.template, checkpoint=FLAGS.checkpoint, tokenizer=tokenizer)
         overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else None
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
