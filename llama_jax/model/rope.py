@@ -34,33 +34,34 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from llama_jax.model.config import LlamaConfig
 
+# The frequencies are computed with jnp inside the traced step (from iota, not
+# as captured numpy constants), so remat recomputes them instead of saving them.
 
-def rope_frequencies(head_dim: int, theta: float) -> np.ndarray:
+
+def rope_frequencies(head_dim: int, theta: float) -> jax.Array:
     """Meta's (and HF's default) inverse frequencies: theta^(-2i/d) for i < d/2."""
-    exponents = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
-    return (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)  # [head_dim // 2]
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    return 1.0 / (theta ** exponents)  # [head_dim // 2]
 
 
-def _linear(cfg: LlamaConfig, dim: int) -> np.ndarray:
-    return rope_frequencies(dim, cfg.rope_theta) / np.float32(cfg.rope_scaling_factor)
+def _linear(cfg: LlamaConfig, dim: int) -> jax.Array:
+    return rope_frequencies(dim, cfg.rope_theta) / cfg.rope_scaling_factor
 
 
-def _llama3(cfg: LlamaConfig, dim: int) -> np.ndarray:
-    f32 = np.float32
+def _llama3(cfg: LlamaConfig, dim: int) -> jax.Array:
     inv = rope_frequencies(dim, cfg.rope_theta)
     factor, low, high = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
     old_len = cfg.rope_original_len
     low_wavelen, high_wavelen = old_len / low, old_len / high
-    wavelen = f32(2 * math.pi) / inv
-    scaled = np.where(wavelen > low_wavelen, inv / f32(factor), inv)
-    smooth = (f32(old_len) / wavelen - f32(low)) / f32(high - low)
-    smoothed = (f32(1) - smooth) * scaled / f32(factor) + smooth * scaled
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-    return np.where(medium, smoothed, scaled).astype(f32)
+    return jnp.where(medium, smoothed, scaled)  # [head_dim // 2]
 
 
 def yarn_attention_factor(cfg: LlamaConfig) -> float:
@@ -78,8 +79,7 @@ def yarn_attention_factor(cfg: LlamaConfig) -> float:
     return get_mscale(factor)
 
 
-def _yarn(cfg: LlamaConfig, dim: int) -> np.ndarray:
-    f32 = np.float32
+def _yarn(cfg: LlamaConfig, dim: int) -> jax.Array:
     base, factor, orig = cfg.rope_theta, cfg.rope_scaling_factor, cfg.rope_original_len
 
     def correction_dim(rotations):
@@ -91,12 +91,12 @@ def _yarn(cfg: LlamaConfig, dim: int) -> np.ndarray:
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # HF: prevent a zero-width ramp.
-    pos_freqs = f32(base) ** (np.arange(0, dim, 2).astype(f32) / f32(dim))  # [dim // 2]
-    extrapolation = f32(1) / pos_freqs
-    interpolation = f32(1) / (f32(factor) * pos_freqs)
-    ramp = np.clip((np.arange(dim // 2, dtype=f32) - f32(low)) / f32(high - low), 0, 1)
-    keep = f32(1) - ramp  # 1: extrapolate (high frequencies), 0: interpolate.
-    return (interpolation * (f32(1) - keep) + extrapolation * keep).astype(f32)
+    pos_freqs = base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)  # [dim // 2]
+    extrapolation = 1.0 / pos_freqs
+    interpolation = 1.0 / (factor * pos_freqs)
+    ramp = jnp.clip((jnp.arange(dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # 1: extrapolate (high frequencies), 0: interpolate.
+    return interpolation * (1 - keep) + extrapolation * keep  # [dim // 2]
 
 
 def _dynamic(cfg: LlamaConfig, dim: int, seq_len: jax.Array | int | None) -> jax.Array:
@@ -111,7 +111,7 @@ def _dynamic(cfg: LlamaConfig, dim: int, seq_len: jax.Array | int | None) -> jax
 
 def inverse_frequencies(
     cfg: LlamaConfig, seq_len: jax.Array | int | None = None
-) -> tuple[np.ndarray | jax.Array, float]:
+) -> tuple[jax.Array, float]:
     """(inverse frequencies [head_dim // 2] float32, cos/sin scale) for `cfg`.
 
     `seq_len` is the current call's length (max position + 1); only
