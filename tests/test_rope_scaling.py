@@ -18,9 +18,11 @@ from convert_helpers import edit_json, rel_err, trees_equal
 
 from llama_jax import sharding
 from llama_jax.convert import ConversionError, from_pretrained, save_pretrained
+from llama_jax.errors import ConfigError
 from llama_jax.infer.engine import Generator
 from llama_jax.model import Llama, LlamaConfig
 from llama_jax.model.rope import inverse_frequencies
+from llama_jax.train import config as train_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -89,6 +91,13 @@ def ckpt(request, tmp_path_factory):
     return request.param, path, from_pretrained(path)
 
 
+@pytest.fixture(scope="module")
+def linear_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("linear_hf")
+    make_model(hf_config("linear")).save_pretrained(path)
+    return path
+
+
 def fresh_hf(path):
     """A newly loaded HF model (dynamic NTK keeps state across calls)."""
     return transformers.LlamaForCausalLM.from_pretrained(path).eval()
@@ -147,6 +156,43 @@ def test_export_to_hf_keeps_scaling(ckpt, tmp_path):
     np.testing.assert_array_equal(hf_logits(exported, LONG), hf_logits(original, LONG))
     config2, params2 = from_pretrained(tmp_path / "out")
     assert config2 == config and trees_equal(params2, params)
+    # Shape fields: this project's own format keeps them too.
+    save_pretrained(config, params, tmp_path / "orbax", format="orbax")
+    assert from_pretrained(tmp_path / "orbax")[0] == config
+
+
+def test_batched_dynamic_decode_matches_hf(ckpt):
+    """HF's dynamic NTK takes the longest row's length (max over the batch):
+    two left-padded prompts of different lengths, decoded together."""
+    kind, path, (config, params) = ckpt
+    if kind != "dynamic":
+        pytest.skip("dynamic NTK only")
+    prompts = [PROMPT, PROMPT[:5]]
+    ids = torch.tensor([PROMPT, [0, 0, 0] + PROMPT[:5]])
+    mask = torch.tensor([[1] * 8, [0, 0, 0] + [1] * 5])
+    with torch.no_grad():
+        out = fresh_hf(path).generate(ids, attention_mask=mask, max_new_tokens=NEW,
+                                      min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    want = [row[len(PROMPT):].tolist() for row in out]
+    gen = Generator(config, params, batch_size=2, prompt_buckets=(8,), chunk_size=NEW)
+    got = [r[0] for r in gen.generate_tokens(prompts, max_new_tokens=NEW, progress=False)]
+    assert got == want
+
+
+def test_older_rope_scaling_key_and_train_config(linear_dir, tmp_path):
+    """transformers 4.x's `rope_scaling` + top-level `rope_theta` reads the same;
+    a bad type in a train config is a ConfigError naming the field."""
+    want = from_pretrained(linear_dir)[0]
+    shutil.copytree(linear_dir, tmp_path / "old")
+    hf = json.loads((tmp_path / "old" / "config.json").read_text())
+    hf.pop("rope_parameters")
+    hf.update(rope_scaling={"type": "linear", "factor": 2.0}, rope_theta=10000.0)
+    (tmp_path / "old" / "config.json").write_text(json.dumps(hf))
+    assert from_pretrained(tmp_path / "old")[0] == want
+    cfg = train_config.base_config()
+    cfg.model.rope_scaling_type = "ntk"
+    with pytest.raises(ConfigError, match=r"model: .*rope_scaling_type='ntk' is not one of"):
+        train_config.model_config(cfg.model)
 
 
 @pytest.mark.parametrize("impl", ["pallas", "ring"])
@@ -234,13 +280,6 @@ def test_dynamic_frequencies_follow_the_current_length():
 def test_config_errors(change, match):
     with pytest.raises(ValueError, match=match):
         LlamaConfig(dim=64, n_layers=1, n_heads=4, vocab_size=8, **change)
-
-
-@pytest.fixture(scope="module")
-def linear_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("linear_hf")
-    make_model(hf_config("linear")).save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize("rope, match", [
