@@ -190,6 +190,7 @@ def config_from_hf(hf: dict[str, Any], file: Path) -> tuple[LlamaConfig, bool]:
         raise ConversionError(f"{file}: head_dim={hf['head_dim']} differs from hidden_size / "
                               f"num_attention_heads = {dim // heads}; not supported")
     hidden = hf["intermediate_size"]
+    rope = rope_fields_from_hf(hf, file)  # its ConversionErrors name the file already
     try:
         config = LlamaConfig(
             dim=dim, n_layers=hf["num_hidden_layers"], n_heads=heads,
@@ -198,7 +199,7 @@ def config_from_hf(hf: dict[str, Any], file: Path) -> tuple[LlamaConfig, bool]:
             hidden_dim=None if hidden == ffn_hidden_dim(dim) else hidden,
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            **rope_fields_from_hf(hf, file),
+            **rope,
         )
     except ValueError as e:
         raise ConversionError(f"{file}: {e}") from e
