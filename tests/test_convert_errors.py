@@ -112,8 +112,10 @@ def test_error_meta_shards_inconsistent(meta_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "RoPE scaling 'linear'"),
-    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "RoPE scaling 'dynamic'"),
+    ({"rope_parameters": {"rope_type": "longrope", "factor": 2.0, "rope_theta": 1e4}},
+     r"rope_parameters.rope_type='longrope' is not supported; supported RoPE types are"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 0.5}},
+     r"rope_scaling.factor=0.5 \(rope_type 'dynamic'\) must be >= 1"),
     ({"attention_bias": True}, "attention_bias=true is not supported"),
     ({"model_type": "gpt2"}, "model_type='gpt2'; only 'llama'"),
     ({"head_dim": 32}, "head_dim=32 differs"),

@@ -107,7 +107,10 @@ def params_dtype_name(params: Mapping[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------- shapes
 
 def meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Meta state-dict name -> shape for `config` (HF uses the same shapes)."""
+    """Meta state-dict name -> shape for `config` (HF uses the same shapes).
+
+    A tied config (`tie_embeddings`) has no ``output.weight``.
+    """
     d, f, v = config.dim, config.ffn_dim, config.vocab_size
     q, kv = config.n_heads * config.head_dim, config.num_kv_heads * config.head_dim
     layer = {
@@ -118,6 +121,8 @@ def meta_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
         "attention_norm.weight": (d,), "ffn_norm.weight": (d,),
     }
     shapes = {"tok_embeddings.weight": (v, d), "norm.weight": (d,), "output.weight": (v, d)}
+    if config.tie_embeddings:
+        del shapes["output.weight"]
     for i in range(config.n_layers):
         shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
     return shapes
@@ -284,9 +289,13 @@ def canonical_params(
 
 # ----------------------------------------------------------------------------- Meta <-> ours
 
-def count_meta_tensors(config: LlamaConfig) -> int:
-    """How many tensors a checkpoint of `config` holds (for progress bars)."""
-    return len(GLOBAL_TABLE) + config.n_layers * len(LAYER_TABLE)
+def count_meta_tensors(config: LlamaConfig, tied_output: bool = False) -> int:
+    """How many tensors a checkpoint of `config` holds (for progress bars).
+
+    `tied_output`: a tied model's ``output.weight`` copy is written too.
+    """
+    untied = not config.tie_embeddings or tied_output
+    return len(GLOBAL_TABLE) - (not untied) + config.n_layers * len(LAYER_TABLE)
 
 
 def meta_to_params(
@@ -313,7 +322,7 @@ def meta_to_params(
         return array.astype(dtype or array.dtype, copy=False)
 
     shapes = param_shapes(config)
-    names = [(name, name, path) for name, path in GLOBAL_TABLE.items()]
+    names = [(name, name, path) for name, path in GLOBAL_TABLE.items() if path in shapes]
     names += [(f"layers.{i}.{suffix}", suffix, ("layers", *path))
               for suffix, path in LAYER_TABLE.items() for i in range(config.n_layers)]
     flat: dict[tuple[str, ...], np.ndarray] = {}
@@ -332,14 +341,18 @@ def meta_to_params(
 
 
 def params_to_meta(
-    config: LlamaConfig, flat: Mapping[tuple[str, ...], Any]
+    config: LlamaConfig, flat: Mapping[tuple[str, ...], Any], *, tied_output: bool = False
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (Meta name, contiguous [out, in] numpy array) from a canonical tree.
 
     `flat` is the output of `canonical_params`. Order follows Meta's files:
-    embeddings, final norm, output, then layer by layer.
+    embeddings, final norm, output, then layer by layer. A tied model has no
+    ``output.weight`` unless `tied_output` asks for a copy of the embedding
+    (Meta's layout has no tie flag: its code always loads an output matrix).
     """
     shapes = meta_shapes(config)
+    if config.tie_embeddings and tied_output:
+        shapes["output.weight"] = shapes["tok_embeddings.weight"]
 
     def convert(name: str, suffix: str, array) -> np.ndarray:
         array = np.asarray(jax.device_get(array))
@@ -349,6 +362,12 @@ def params_to_meta(
         return np.ascontiguousarray(array.reshape(shape))
 
     for name, path in GLOBAL_TABLE.items():
+        if name not in shapes:
+            continue
+        if path not in flat:  # The tied head: [vocab, dim] is the embedding itself.
+            yield name, convert(name, "tok_embeddings.weight",
+                                flat[GLOBAL_TABLE["tok_embeddings.weight"]])
+            continue
         yield name, convert(name, name, flat[path])
     for i in range(config.n_layers):
         for suffix, path in LAYER_TABLE.items():

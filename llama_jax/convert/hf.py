@@ -35,6 +35,7 @@ from llama_jax.convert.common import (
     split_layer_key,
 )
 from llama_jax.convert.progress import progress_bar
+from llama_jax.convert.rope_config import hf_rope_entries, rope_fields_from_hf
 from llama_jax.model.config import LlamaConfig, ffn_hidden_dim
 
 CONFIG_FILE = "config.json"
@@ -169,18 +170,6 @@ def _weight_files(path: Path) -> list[Path]:
                           "safe_serialization=True)")
 
 
-def _rope_theta(hf: dict[str, Any], file: Path) -> float:
-    """RoPE base from transformers 5.x `rope_parameters` or 4.x top-level keys."""
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    for source in (params, scaling):
-        kind = source.get("rope_type", source.get("type", "default"))
-        if kind not in (None, "default"):
-            raise ConversionError(f"{file}: RoPE scaling {kind!r} is not supported (only the "
-                                  "default unscaled RoPE of LLaMA)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-
-
 def config_from_hf(hf: dict[str, Any], file: Path) -> tuple[LlamaConfig, bool]:
     """LlamaConfig from a HF config.json dict; also whether embeddings are tied."""
     if hf.get("model_type", "llama") != "llama":
@@ -201,18 +190,20 @@ def config_from_hf(hf: dict[str, Any], file: Path) -> tuple[LlamaConfig, bool]:
         raise ConversionError(f"{file}: head_dim={hf['head_dim']} differs from hidden_size / "
                               f"num_attention_heads = {dim // heads}; not supported")
     hidden = hf["intermediate_size"]
+    rope = rope_fields_from_hf(hf, file)  # its ConversionErrors name the file already
     try:
         config = LlamaConfig(
             dim=dim, n_layers=hf["num_hidden_layers"], n_heads=heads,
             n_kv_heads=hf.get("num_key_value_heads"), vocab_size=hf["vocab_size"],
             # Keep the paper's rule implicit when the width follows it.
             hidden_dim=None if hidden == ffn_hidden_dim(dim) else hidden,
-            norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=_rope_theta(hf, file),
-            max_seq_len=hf.get("max_position_embeddings", 2048),
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            **rope,
         )
     except ValueError as e:
         raise ConversionError(f"{file}: {e}") from e
-    return config, bool(hf.get("tie_word_embeddings", False))
+    return config, config.tie_embeddings
 
 
 def load_hf(path: str | Path, dtype: np.dtype | None = None, *,
@@ -233,12 +224,11 @@ def load_hf(path: str | Path, dtype: np.dtype | None = None, *,
     config, tied = config_from_hf(hf, config_file)
 
     with SafetensorsFiles(_weight_files(path)) as st:
-        # transformers' tied checkpoints omit lm_head: read the embedding for it.
         source = {name: name for name in st.shapes}
-        if tied and "lm_head.weight" not in source and "model.embed_tokens.weight" in source:
-            source["lm_head.weight"] = "model.embed_tokens.weight"
         # Old HF checkpoints store the RoPE table per layer; it is derived, not learned.
-        ignored = lambda name: name.endswith("rotary_emb.inv_freq")  # noqa: E731
+        # A tied model's head is its embedding: a stored lm_head copy is not read.
+        ignored = lambda name: (name.endswith("rotary_emb.inv_freq")  # noqa: E731
+                                or (tied and name == "lm_head.weight"))
         expected = {hf_name(n): s for n, s in meta_shapes(config).items()}
         check_tensors({n: st.shapes[s] for n, s in source.items()}, expected,
                       where=lambda name: str(st.file_of.get(source.get(name, ""), path)),
@@ -269,14 +259,12 @@ def hf_config_for(config: LlamaConfig, dtype_name: str) -> dict[str, Any]:
         "intermediate_size": config.ffn_dim,
         "vocab_size": config.vocab_size,
         "rms_norm_eps": config.norm_eps,
-        "max_position_embeddings": config.max_seq_len,
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
-        # transformers 5.x reads rope_parameters; 4.x reads rope_theta.
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tie_embeddings,
+        # transformers 5.x reads rope_parameters; older ones rope_scaling / rope_theta.
+        **hf_rope_entries(config),
         "dtype": dtype_name,
         "torch_dtype": dtype_name,
     }

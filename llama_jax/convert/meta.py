@@ -34,6 +34,7 @@ from llama_jax.convert.common import (
     torch_to_numpy,
 )
 from llama_jax.convert.progress import progress_bar
+from llama_jax.convert.rope_config import meta_rope_entries, rope_fields_from_meta
 from llama_jax.model.config import LlamaConfig, ffn_hidden_dim
 
 PARAMS_FILE = "params.json"
@@ -90,14 +91,19 @@ def _read_params_json(file: Path) -> dict[str, Any]:
         raise ConversionError(f"{file}: missing keys {missing}, unknown keys {unknown}; "
                               f"expected {list(_REQUIRED_KEYS)} and optionally "
                               f"{list(_OPTIONAL_KEYS)}")
-    if params.get("use_scaled_rope"):
-        raise ConversionError(f"{file}: use_scaled_rope=true (Llama 3.1 RoPE scaling) is not "
-                              "supported by this model")
+    if not isinstance(params.get("use_scaled_rope", False), bool):
+        raise ConversionError(f"{file}: use_scaled_rope={params['use_scaled_rope']!r} must be "
+                              "true or false")
     return params
 
 
-def config_from_params_json(params: dict[str, Any], vocab_size: int) -> LlamaConfig:
-    """LlamaConfig from Meta's params.json (`vocab_size` resolves -1)."""
+def config_from_params_json(params: dict[str, Any], vocab_size: int,
+                            tie_embeddings: bool = False) -> LlamaConfig:
+    """LlamaConfig from Meta's params.json (`vocab_size` resolves -1).
+
+    ``use_scaled_rope: true`` is llama3 RoPE scaling with Meta's constants
+    (`llama_jax.convert.rope_config.META_LLAMA3_ROPE`).
+    """
     kwargs = dict(
         dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
         n_kv_heads=params.get("n_kv_heads"), vocab_size=vocab_size,
@@ -105,6 +111,7 @@ def config_from_params_json(params: dict[str, Any], vocab_size: int) -> LlamaCon
         ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
         norm_eps=params.get("norm_eps", 1e-5),
         rope_theta=float(params.get("rope_theta", 10000.0)),
+        tie_embeddings=tie_embeddings, **rope_fields_from_meta(params),
     )
     if "max_seq_len" in params:
         kwargs["max_seq_len"] = params["max_seq_len"]
@@ -175,7 +182,9 @@ def load_meta(path: str | Path, dtype: np.dtype | None = None, *,
                                   "tok_embeddings.weight to take it from")
         vocab = merged_shapes["tok_embeddings.weight"][0]
     try:
-        config = config_from_params_json(params_json, vocab)
+        # Meta has no tie flag; a checkpoint without an output matrix is tied.
+        config = config_from_params_json(params_json, vocab,
+                                         tie_embeddings="output.weight" not in merged_shapes)
     except ValueError as e:
         raise ConversionError(f"{path / PARAMS_FILE}: {e}") from e
     where = files[0].name if n == 1 else f"{files[0].name}..{files[-1].name}"
@@ -236,6 +245,7 @@ def params_json_for(config: LlamaConfig) -> dict[str, Any]:
     out["norm_eps"] = config.norm_eps
     if config.rope_theta != 10000.0:
         out["rope_theta"] = config.rope_theta
+    out.update(meta_rope_entries(config))
     return out
 
 
@@ -261,12 +271,13 @@ def save_meta(config: LlamaConfig, flat: dict, out_dir: Path, shards: int = 1, *
     import torch
 
     check_shardable(config, shards)
+    # A tied model is written with an output.weight copy: Meta's code always loads one.
     (out_dir / PARAMS_FILE).write_text(json.dumps(params_json_for(config)))
     for s in range(shards):
         state = {}
         fname = f"consolidated.{s:02d}.pth"
-        for name, array in progress_bar(params_to_meta(config, flat),
-                                        total=count_meta_tensors(config),
+        for name, array in progress_bar(params_to_meta(config, flat, tied_output=True),
+                                        total=count_meta_tensors(config, tied_output=True),
                                         desc=f"writing {fname}", enabled=progress):
             axis = SPLIT_AXIS[_suffix(name)]
             if shards > 1 and axis is not None:

@@ -192,8 +192,10 @@ class Attention(nn.Module):
         v = Linear((kvh, hd), ("embed", "kv_heads", "kv"), name="wv", **kw)(x)  # [batch, len, kv_heads, head_dim]
         q, k, v = (checkpoint_name(q, "wq"), checkpoint_name(k, "wk"),
                    checkpoint_name(v, "wv"))
-        q = apply_rope(q, positions, cfg.rope_theta)
-        k = apply_rope(k, positions, cfg.rope_theta)
+        # Scaled frequencies (cfg's RoPE scaling) before any attention path or
+        # the cache, so every implementation and every cached key sees them.
+        q = apply_rope(q, positions, cfg)
+        k = apply_rope(k, positions, cfg)
         q = constrain(q, ("activation_batch", "activation_length", "activation_heads",
                           "activation_kv"))
         kv_names = ("activation_batch", "activation_length", "activation_kv_heads",

@@ -25,6 +25,8 @@ from absl import logging
 from llama_jax.model.remat import REMAT_POLICIES
 
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "ring", "auto")
+# RoPE scaling (`llama_jax.model.rope`): None is the paper's unscaled RoPE.
+ROPE_SCALING_TYPES = (None, "linear", "dynamic", "yarn", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
 # How the model runs, not what it is: chosen per run, never saved with weights.
 # (scan_layers is a parameter *layout*; `from_pretrained` converts between the
@@ -59,6 +61,19 @@ class LlamaConfig:
       norm_eps: RMSNorm epsilon.
       rope_theta: RoPE base frequency.
       max_seq_len: longest context (RoPE table, KV cache default).
+      rope_scaling_type: None (unscaled RoPE), "linear" (position interpolation),
+        "dynamic" (dynamic NTK), "yarn" or "llama3"; see `llama_jax.model.rope`.
+      rope_scaling_factor: the context-extension factor s (>= 1).
+      rope_original_max_seq_len: the pre-extension context length that
+        "dynamic", "yarn" and "llama3" scale from (None: `max_seq_len`).
+      rope_low_freq_factor, rope_high_freq_factor: "llama3" wavelength bounds
+        (Meta's 1 and 4).
+      rope_beta_fast, rope_beta_slow: "yarn" ramp bounds in rotations (32, 1).
+      rope_attention_factor: "yarn" scale on cos/sin; None derives it from the
+        factor (and `rope_mscale` / `rope_mscale_all_dim` when both are set).
+      rope_mscale, rope_mscale_all_dim: "yarn" (DeepSeek-style) mscale terms.
+      rope_truncate: "yarn" rounds the ramp bounds outwards (HF's default).
+      tie_embeddings: the LM head is the token embedding table (no `output`).
       param_dtype: storage dtype of parameters.
 
     Run options (`RUN_OPTIONS`; not saved, see `to_dict`):
@@ -80,6 +95,18 @@ class LlamaConfig:
     norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
+    rope_scaling_type: str | None = None
+    rope_scaling_factor: float = 1.0
+    rope_original_max_seq_len: int | None = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    rope_attention_factor: float | None = None
+    rope_mscale: float | None = None
+    rope_mscale_all_dim: float | None = None
+    rope_truncate: bool = True
+    tie_embeddings: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_impl: str = "auto"
@@ -108,6 +135,7 @@ class LlamaConfig:
             fail(f"hidden_dim={self.hidden_dim} must be positive")
         if self.norm_eps <= 0 or self.rope_theta <= 0:
             fail("norm_eps and rope_theta must be positive")
+        self._check_rope(fail)
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 fail(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
@@ -117,6 +145,36 @@ class LlamaConfig:
         if self.remat_policy not in REMAT_POLICIES:
             fail(f"remat_policy={self.remat_policy!r} is not one of "
                  f"{sorted(REMAT_POLICIES)}")
+
+    def _check_rope(self, fail):
+        """Validate the RoPE scaling fields (`fail` raises a ValueError)."""
+        kind = self.rope_scaling_type
+        if kind not in ROPE_SCALING_TYPES:
+            fail(f"rope_scaling_type={kind!r} is not one of {ROPE_SCALING_TYPES}")
+        factor = self.rope_scaling_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+            fail(f"rope_scaling_factor={factor!r} must be a number >= 1 (1 means no "
+                 "scaling; the context is extended by this factor)")
+        if kind is None and factor != 1:
+            fail(f"rope_scaling_factor={factor} needs a rope_scaling_type (one of "
+                 f"{ROPE_SCALING_TYPES[1:]})")
+        orig = self.rope_original_max_seq_len
+        if orig is not None and (isinstance(orig, bool) or not isinstance(orig, int)
+                                 or orig <= 0):
+            fail(f"rope_original_max_seq_len={orig!r} must be a positive integer or None")
+        if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+            fail(f"rope_low_freq_factor={self.rope_low_freq_factor} and rope_high_freq_factor="
+                 f"{self.rope_high_freq_factor} must satisfy 0 < low < high")
+        if not 0 < self.rope_beta_slow <= self.rope_beta_fast:
+            fail(f"rope_beta_slow={self.rope_beta_slow} and rope_beta_fast="
+                 f"{self.rope_beta_fast} must satisfy 0 < beta_slow <= beta_fast")
+        if self.rope_attention_factor is not None and not self.rope_attention_factor > 0:
+            fail(f"rope_attention_factor={self.rope_attention_factor} must be positive or None")
+
+    @property
+    def rope_original_len(self) -> int:
+        """The context length RoPE scaling extends (`rope_original_max_seq_len`)."""
+        return self.rope_original_max_seq_len or self.max_seq_len
 
     @property
     def head_dim(self) -> int:

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from llama_jax.model.config import LlamaConfig
+from llama_jax.model.rope import rope_cos_sin
+from llama_jax.model.rope import rope_frequencies as rope_frequencies  # re-exported
 from llama_jax.sharding import with_logical_constraint
 
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
@@ -58,13 +60,7 @@ class RMSNorm(nn.Module):
         return normed.astype(self.dtype) * scale.astype(self.dtype)
 
 
-def rope_frequencies(head_dim: int, theta: float) -> jax.Array:
-    """Meta's inverse frequencies: theta^(-2i/d) for i < d/2."""
-    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-    return 1.0 / (theta ** exponents)  # [head_dim // 2]
-
-
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, rope: float | LlamaConfig) -> jax.Array:
     """Rotary embedding in Meta's convention (interleaved pairs).
 
     Meta views the last axis as complex numbers ``x[2i] + 1j * x[2i+1]`` and
@@ -73,13 +69,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     Args:
       x: [batch, len, heads, head_dim].
       positions: [batch, len] integer positions.
-      theta: RoPE base.
+      rope: a RoPE base (unscaled RoPE) or the model's `LlamaConfig`, whose
+        RoPE scaling (`llama_jax.model.rope`) sets the frequencies.
     """
     head_dim = x.shape[-1]
-    freqs = rope_frequencies(head_dim, theta)  # [head_dim/2]
-    angles = positions.astype(jnp.float32)[..., None] * freqs  # [batch, len, head_dim/2]
-    cos = jnp.cos(angles)[:, :, None, :]  # [batch, len, 1, head_dim/2]
-    sin = jnp.sin(angles)[:, :, None, :]
+    cos, sin = rope_cos_sin(positions, rope, head_dim)  # [batch, len, head_dim/2]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [batch, len, 1, head_dim/2]
     x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], head_dim // 2, 2)
     real, imag = x32[..., 0], x32[..., 1]  # [batch, len, heads, head_dim/2]
     out = jnp.stack([real * cos - imag * sin, real * sin + imag * cos], axis=-1)
@@ -131,18 +126,27 @@ class FeedForward(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding table [vocab, dim]."""
+    """Token embedding table [vocab, dim]; `attend` is the tied LM head."""
 
     config: LlamaConfig
 
-    @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def setup(self):
         cfg = self.config
-        table = logical_param(self, "embedding", (cfg.vocab_size, cfg.dim),
-                              ("vocab", "embed"), DEFAULT_INIT, cfg.weight_dtype)
-        # Gather the FSDP shards of the table before the lookup (as for any
-        # FSDP weight); else GSPMD keeps `embed` split and must replicate the
+        self.embedding = logical_param(self, "embedding", (cfg.vocab_size, cfg.dim),
+                                       ("vocab", "embed"), DEFAULT_INIT, cfg.weight_dtype)
+
+    def _table(self) -> jax.Array:
+        # Gather the FSDP shards of the table before use (as for any FSDP
+        # weight); else GSPMD keeps `embed` split and must replicate the
         # [batch, len, embed] output to reach the batch sharding.
-        table = constrain(table, ("vocab", "activation_embed"))
-        x = jnp.take(table, tokens, axis=0)  # [batch, len, embed]
-        return x.astype(cfg.compute_dtype)
+        return constrain(self.embedding, ("vocab", "activation_embed"))
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        x = jnp.take(self._table(), tokens, axis=0)  # [batch, len, embed]
+        return x.astype(self.config.compute_dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits of hidden states `x` [batch, len, embed] against the table (tied head)."""
+        dtype = self.config.compute_dtype
+        return jnp.einsum("ble,ve->blv", x.astype(dtype),
+                          self._table().astype(dtype))  # [batch, len, vocab]

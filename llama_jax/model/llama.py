@@ -2,7 +2,8 @@
 
 Parameter names follow Meta's checkpoint (`tok_embeddings`, `layers`,
 `attention.wq`, `feed_forward.w1`, `attention_norm`, `ffn_norm`, `norm`,
-`output`), so conversion is a rename table. With `scan_layers` the blocks live
+`output`), so conversion is a rename table. With `tie_embeddings` there is no
+`output`: the logits are ``h @ tok_embeddings^T``. With `scan_layers` the blocks live
 under `layers` with a leading `layers` axis; otherwise under `layers_0`, ...
 """
 
@@ -79,7 +80,8 @@ class Llama(nn.Module):
             raise ValueError(f"tokens must be [batch, len], got shape {tokens.shape}")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = Embed(cfg, name="tok_embeddings")(tokens)  # [batch, len, embed]
+        embed = Embed(cfg, name="tok_embeddings")
+        x = embed(tokens)  # [batch, len, embed]
         x = constrain(x, ACTIVATION)
         if cfg.scan_layers:
             stack = nn.scan(
@@ -99,8 +101,11 @@ class Llama(nn.Module):
                     x, positions, segment_ids)
         x = RMSNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype,
                     param_dtype=cfg.weight_dtype, name="norm")(x)
-        logits = Linear((cfg.vocab_size,), ("embed", "vocab"), name="output",
-                        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(x)  # [batch, len, vocab]
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)  # [batch, len, vocab]: h @ embedding^T
+        else:
+            logits = Linear((cfg.vocab_size,), ("embed", "vocab"), name="output",
+                            dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(x)  # [batch, len, vocab]
         logits = constrain(logits, ("activation_batch", "activation_length",
                                     "activation_vocab"))
         return logits.astype(jnp.float32)
