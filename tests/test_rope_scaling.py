@@ -20,7 +20,7 @@ from llama_jax import sharding
 from llama_jax.convert import ConversionError, from_pretrained, save_pretrained
 from llama_jax.errors import ConfigError
 from llama_jax.infer.engine import Generator
-from llama_jax.model import Llama, LlamaConfig
+from llama_jax.model import Llama, LlamaConfig, init_params
 from llama_jax.model.rope import inverse_frequencies
 from llama_jax.train import config as train_config
 
@@ -306,3 +306,14 @@ def test_bad_meta_use_scaled_rope(tmp_path):
     with pytest.raises(ConversionError, match=r"params.json: use_scaled_rope='yes' must be "
                                               r"true or false"):
         from_pretrained(tmp_path)
+
+
+def test_a_longer_run_time_context_keeps_the_original_length(tmp_path):
+    """eval --max_seq_len: the override must not move the scaling's original length."""
+    cfg = LlamaConfig(dim=64, n_layers=1, n_heads=4, vocab_size=8, max_seq_len=64,
+                      rope_scaling_type="yarn", rope_scaling_factor=2.0)
+    save_pretrained(cfg, init_params(cfg, jax.random.key(0)), tmp_path / "ckpt")
+    longer, _ = from_pretrained(tmp_path / "ckpt", config_overrides={"max_seq_len": 256})
+    assert (longer.max_seq_len, longer.rope_original_len) == (256, 64)
+    np.testing.assert_array_equal(np.asarray(inverse_frequencies(longer)[0]),
+                                  np.asarray(inverse_frequencies(cfg)[0]))

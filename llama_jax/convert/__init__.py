@@ -146,6 +146,10 @@ def from_pretrained(
             raise ConversionError(f"dtype={np_dtype.name!r} conflicts with config_overrides "
                                   f"param_dtype={overrides['param_dtype']!r}")
         overrides["param_dtype"] = np_dtype.name
+    if ("max_seq_len" in overrides and config.rope_scaling_type is not None
+            and config.rope_original_max_seq_len is None):
+        # A longer context at run time must not move the scaling's original length.
+        overrides.setdefault("rope_original_max_seq_len", config.max_seq_len)
     try:
         config = config.replace(**overrides)
     except (TypeError, ValueError) as e:
