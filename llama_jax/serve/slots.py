@@ -183,6 +183,15 @@ class SlotEngine:
         self.state = self._prefill(self.params, self.state, buf, i32(len(tokens)), i32(start),
                                    i32(slot), key, np.float32(temperature), np.float32(top_p))
 
+    def warmup(self) -> None:
+        """Compile every prefill bucket, the decode step and the copy (slot 0 gets junk,
+        which the next request there overwrites)."""
+        key = jax.random.key(0)
+        for b in self.buckets:
+            self.prefill(0, [0], 0, b, key, 0.0, 1.0)
+        self.copy(0, 0, key)
+        self.decode(np.zeros((self.slots,), bool))
+
     def copy(self, src: int, dst: int, key: jax.Array) -> None:
         """Give slot `dst` the prefilled prompt of slot `src` and its own `key`."""
         self.state = self._copy(self.state, np.int32(src), np.int32(dst), key)
