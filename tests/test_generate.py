@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from eval_fixtures import ByteTokenizer
 
+from llama_jax.convert.common import unstack_layers
 from llama_jax.infer.engine import Generator, SamplingConfig, generate_text, sample_logits
 from llama_jax.model import Llama, LlamaConfig, init_params
 
@@ -209,3 +210,27 @@ def test_generate_cli(tmp_path, model, spm_tok):
                          timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: mesh shape [1, 2] must give")
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_samples_share_one_prefill(model, prompts, scan_layers):
+    """n samples of a prompt prefill it once, and sample exactly as separate prefills do."""
+    cfg, params = model
+    cfg = cfg.replace(scan_layers=scan_layers)
+    if not scan_layers:
+        params = unstack_layers(params)
+    sampling = SamplingConfig(temperature=1.0, top_k=50)
+    # 16 rows on 8 devices: the 2 distinct prompts prefill in the smallest
+    # batch the mesh splits (8 rows), not 16.
+    shared = Generator(cfg, params, batch_size=16, prompt_buckets=(4, 16), chunk_size=4)
+    every = Generator(cfg, params, batch_size=16, prompt_buckets=(4, 16), chunk_size=4,
+                      share_prefill=False)
+    kw = dict(max_new_tokens=NEW, sampling=sampling, num_samples=8, seed=5)
+    got = shared.generate_tokens(prompts[:2], **kw)
+    want = every.generate_tokens(prompts[:2], **kw)
+    assert got == want
+    assert len({tuple(s) for s in got[0]}) > 1  # the samples differ: a real sampling test
+    assert (every.prefilled_rows, shared.prefilled_rows) == (16, 8)
+    # Greedy samples of one prompt are its single greedy continuation.
+    one = shared.generate_tokens(prompts[2:3], max_new_tokens=NEW, num_samples=16)[0]
+    assert one == [shared.generate_tokens(prompts[2:3], max_new_tokens=NEW)[0][0]] * 16

@@ -12,6 +12,11 @@ stop strings (which need the tokenizer) and marks rows done; the loop also
 stops early once every row is done (EOS or stop string). Each (prompt, sample)
 row gets its own random stream keyed by the prompt's tokens and the sample
 index (`row_keys`), so results do not depend on how rows are batched.
+
+The samples of one prompt share its prefill: a batch prefills each distinct
+prompt once (in a smaller batch, rounded to a power of two so the compiled
+shapes stay few) and copies its cache rows and last logits to every sample's
+row before decoding (`share_prefill`).
 """
 
 from __future__ import annotations
@@ -93,11 +98,14 @@ class Generator:
       batch_size: rows per compiled batch (rounded up to the batch split).
       prompt_buckets: allowed padded prompt lengths (default: powers of two).
       chunk_size: decode steps per jitted call between stop-string checks.
+      share_prefill: prefill a prompt once for all its samples (False prefills
+        every row; the results are the same).
     """
 
     def __init__(self, config: LlamaConfig, params, *, mesh: Mesh | None = None,
                  rules: sharding.Rules = sharding.DEFAULT_RULES, batch_size: int = 8,
-                 prompt_buckets: Sequence[int] | None = None, chunk_size: int = 32):
+                 prompt_buckets: Sequence[int] | None = None, chunk_size: int = 32,
+                 share_prefill: bool = True):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1 (--batch_size)")
         self.config = config
@@ -108,16 +116,20 @@ class Generator:
         self.prompt_buckets = tuple(sorted(prompt_buckets or (16, 32, 64, 128, 256, 512,
                                                               1024, 2048, 4096, 8192)))
         self.chunk_size = int(chunk_size)
+        self.share_prefill = bool(share_prefill)
+        self.prefilled_rows = 0  # rows through the prefill so far (a measure of its work)
         self._model = Llama(config, decode=True)
         self._prefill = sharding.JittedStep(self._prefill_fn, self.mesh, rules,
                                             static_argnames=("cache_len",))
         self._decode = sharding.JittedStep(self._decode_fn, self.mesh, rules,
                                            static_argnames=("sampling",), donate_argnums=(1,))
+        self._expand = sharding.JittedStep(self._expand_fn, self.mesh, rules)
 
     @property
     def trace_count(self) -> dict[str, int]:
         """Traces of the prefill and decode functions (a recompile adds one)."""
-        return {"prefill": self._prefill.trace_count, "decode": self._decode.trace_count}
+        return {"prefill": self._prefill.trace_count, "decode": self._decode.trace_count,
+                "expand": self._expand.trace_count}
 
     # ----- traced functions -------------------------------------------------
     def _prefill_fn(self, params, tokens, positions, segment_ids, *, cache_len):
@@ -126,6 +138,15 @@ class Generator:
             {"params": params, "cache": cache}, tokens, positions=positions,
             segment_ids=segment_ids, mutable=["cache"])  # [batch, len, vocab]
         return logits[:, -1], mutated["cache"]
+
+    def _expand_fn(self, logits, cache, index):
+        """Rows `index` of the prefill's last logits and cache (one per decode row)."""
+        axis = 1 if self.config.scan_layers else 0  # scanned caches lead with the layer axis
+
+        def take(x):  # cache_index (a scalar per layer) has no batch axis
+            return jnp.take(x, index, axis=axis) if x.ndim > axis else x
+
+        return jnp.take(logits, index, axis=0), jax.tree_util.tree_map(take, cache)
 
     def _decode_fn(self, params, state, keys, stop_at, eos_id, *, sampling):
         """Sample until step == stop_at or every row is done."""
@@ -220,10 +241,11 @@ class Generator:
                 f"a prompt of {longest} tokens + max_new_tokens {max_new} exceeds the "
                 f"model's max_seq_len={cfg.max_seq_len}; shorten the prompt or generate "
                 "fewer tokens")
-        tokens = np.zeros((b, length), np.int32)
-        positions = np.zeros((b, length), np.int32)
-        segs = np.zeros((b, length), np.int32)
-        for r, p in enumerate(prompts):
+        rows, index = self._prefill_rows(prompts[:n_real])
+        tokens = np.zeros((len(rows), length), np.int32)
+        positions = np.zeros((len(rows), length), np.int32)
+        segs = np.zeros((len(rows), length), np.int32)
+        for r, p in enumerate(rows):
             n = len(p)
             tokens[r, length - n:] = p
             positions[r, length - n:] = np.arange(n)
@@ -236,6 +258,10 @@ class Generator:
             logits, cache = self._prefill(self.params,
                                           *jax.device_put((tokens, positions, segs), bs2),
                                           cache_len=cache_len)
+            self.prefilled_rows += len(rows)
+            if index is not None:
+                logits, cache = self._expand(logits, cache,
+                                             jax.device_put(index, sharding.replicated(self.mesh)))
             done = np.zeros((b,), bool)
             done[n_real:] = True
             state = dict(cache=cache, logits=logits,
@@ -268,6 +294,24 @@ class Generator:
         out = np.asarray(state["out"])
         return [_trim(out[r, :step if ends[r] is None else ends[r]], eos_id)
                 for r in range(n_real)]
+
+    def _prefill_rows(self, prompts: list[list[int]]):
+        """The rows to prefill and, when prompts repeat, each decode row's source row.
+
+        Without repeats (or with `share_prefill` off) every row is prefilled
+        and the index is None. Otherwise the distinct prompts are prefilled in
+        a batch of the next power of two (rounded to the mesh's batch split,
+        at most `batch_size`), padded with dummy rows.
+        """
+        b = self.batch_size
+        distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+        if not self.share_prefill or len(distinct) == len(prompts):
+            return prompts + [[0]] * (b - len(prompts)), None
+        n = min(b, placement.round_batch(1 << (len(distinct) - 1).bit_length(), self.mesh,
+                                         self.rules))
+        where = {p: i for i, p in enumerate(distinct)}
+        index = [where[tuple(p)] for p in prompts] + [0] * (b - len(prompts))
+        return [list(p) for p in distinct] + [[0]] * (n - len(distinct)), np.asarray(index, np.int32)
 
 
 def row_keys(seed: int, prompts: Sequence[Sequence[int]], samples: Sequence[int],
