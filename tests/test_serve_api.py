@@ -16,7 +16,9 @@ import openai
 import pytest
 from serve_helpers import KEY, MODEL, running_server, tiny_model, tiny_tokenizer
 
-from llama_jax.infer.engine import Generator, SamplingConfig, generate_text
+from llama_jax.chat.templates import encode_rendered, get_template
+from llama_jax.infer.engine import ContinuationDecoder, Generator, SamplingConfig, generate_text, truncate_at_stop
+from llama_jax.serve.chat import ChatEncoder
 
 # Prompts of mixed lengths: the longest need several prefill chunks (buckets 8, 32).
 SOURCE = inspect.getsource(json)
@@ -29,7 +31,7 @@ def setup(tmp_path_factory):
     cfg, params = tiny_model()
     tok = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
     gen = Generator(cfg, params, batch_size=8, prompt_buckets=(16, 64, 128), chunk_size=8)
-    with running_server(cfg, params, tok, slots=8) as (url, scheduler):
+    with running_server(cfg, params, tok, slots=8, chat=ChatEncoder(tok, "llama2")) as (url, scheduler):
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         yield cfg, tok, gen, url, scheduler, client
 
@@ -130,3 +132,42 @@ def test_32_concurrent_requests_equal_one_by_one_without_recompiles(setup):
     assert traces["decode"] == 1
     assert traces["prefill"] <= 2  # one per bucket
     assert scheduler.busy_slots == 0
+
+
+CHATS = [[{"role": "user", "content": "Write a JSON decoder."}],
+         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def f(x):"},
+          {"role": "assistant", "content": "return x"}, {"role": "user", "content": "again"}]]
+
+
+def test_chat_completions_equal_generate_with_the_template(setup):
+    cfg, tok, gen, *_, client = setup
+    template = get_template("llama2", tokenizer=tok)
+    for messages in CHATS:
+        ids = encode_rendered(tok, template.render(messages, add_generation_prompt=True))
+        # "<s>" became its id, once per user turn.
+        assert ids[0] == tok.bos_id
+        assert ids.count(tok.bos_id) == sum(m["role"] == "user" for m in messages)
+        out = gen.generate_tokens([ids], max_new_tokens=12, eos_id=tok.eos_id)[0][0]
+        want = truncate_at_stop(ContinuationDecoder(tok, [ids])(0, out), template.stop_strings)
+        r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12,
+                                           temperature=0)
+        assert r.choices[0].message.role == "assistant"
+        assert r.choices[0].message.content == want
+        assert r.usage.prompt_tokens == len(ids)
+        assert r.usage.completion_tokens == len(out)
+        chunks = list(client.chat.completions.create(model=MODEL, messages=messages,
+                                                     max_tokens=12, temperature=0, stream=True))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+        assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+        assert chunks[-1].usage.total_tokens == r.usage.total_tokens
+    # Without max_tokens a chat may use the rest of the context.
+    r = client.chat.completions.create(model=MODEL, messages=CHATS[0], temperature=0)
+    assert r.usage.total_tokens <= cfg.max_seq_len
+
+
+def test_chat_rejects_an_unknown_role(setup):
+    *_, client = setup
+    with pytest.raises(openai.UnprocessableEntityError, match="role"):
+        client.chat.completions.create(model=MODEL, temperature=0,
+                                       messages=[{"role": "wizard", "content": "hi"}])

@@ -43,7 +43,8 @@ flags.DEFINE_list("prefill_buckets", [str(b) for b in DEFAULT_BUCKETS],
 flags.DEFINE_integer("max_queue", 64, "Requests that may wait for a slot; more get 429.")
 flags.DEFINE_float("request_timeout", 600.0, "Seconds a request may take (0: no limit).")
 flags.DEFINE_string("api_key", None, "Require 'Authorization: Bearer <key>' (default: env LLAMA_JAX_API_KEY).")
-flags.DEFINE_string("chat_template", None, "Chat template name or tokenizer_config.json (default: the checkpoint's, else llama2).")
+flags.DEFINE_string("chat_template", None, "Chat template name or tokenizer_config.json "
+                    "(default: the checkpoint's, else llama2).")
 flags.DEFINE_string("model_name", None, "Model id clients name (default: the checkpoint folder's name).")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],

@@ -26,7 +26,7 @@ class ChatEncoder:
     def __init__(self, tokenizer, name: str | None = None,
                  checkpoint: str | os.PathLike | None = None):
         self.tokenizer = tokenizer
-        self.template = get_template(name, checkpoint=checkpoint)
+        self.template = get_template(name, checkpoint=checkpoint, tokenizer=tokenizer)
 
     @property
     def name(self) -> str:
