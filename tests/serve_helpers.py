@@ -45,9 +45,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(cfg, params, tokenizer, *, slots=8, buckets=(8, 32), max_queue=64,
-                   request_timeout=None, api_key=KEY, chat=None):
+                   request_timeout=None, api_key=KEY, chat=None, mesh=None):
     """Yield (base_url, scheduler) of a started uvicorn server; stop it after."""
-    engine = SlotEngine(cfg, params, slots=slots, prefill_buckets=buckets)
+    engine = SlotEngine(cfg, params, slots=slots, prefill_buckets=buckets, mesh=mesh)
+    engine.warmup()  # as the CLI does, so no request waits for a compile
     scheduler = Scheduler(engine, tokenizer, max_queue=max_queue, request_timeout=request_timeout)
     scheduler.start()
     app = create_app(scheduler, tokenizer, model_name=MODEL, api_key=api_key, chat=chat)
