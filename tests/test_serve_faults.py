@@ -205,3 +205,22 @@ def test_api_key_and_default_host(server):
     assert _raw(url + "/health")[0] == 200
     assert FLAGS["host"].default == "127.0.0.1"
     _alive(client)
+
+
+def test_a_failed_decode_step_fails_its_requests_and_serving_goes_on(server, monkeypatch):
+    url, scheduler, client = server
+    engine, real, calls = scheduler.engine, scheduler.engine.decode, []
+
+    def broken(active):
+        if not calls:  # the first step fails on the device, losing the donated cache
+            calls.append(1)
+            for x in jax.tree_util.tree_leaves(engine.state):
+                x.delete()
+            raise RuntimeError("device lost")
+        return real(active)
+
+    monkeypatch.setattr(engine, "decode", broken)
+    with pytest.raises(openai.InternalServerError, match="device lost"):
+        client.completions.create(model=MODEL, prompt="a", max_tokens=4)
+    _wait_idle(url, 1.0)
+    _alive(client)

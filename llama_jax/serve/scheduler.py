@@ -157,12 +157,22 @@ class Scheduler:
                     break
                 self._admit()
             events: dict[GenRequest, list[tuple]] = collections.defaultdict(list)
-            self._expire(events)
-            self._prefill(events)
-            if self._running:
-                self._step(events)
+            try:
+                self._expire(events)
+                self._prefill(events)
+                if self._running:
+                    self._step(events)
+            except Exception as e:  # noqa: BLE001 - a scheduler bug must not stop serving
+                self._fail_all(events, e)
             self._flush(events)
         self._shutdown()
+
+    def _fail_all(self, events, error: BaseException) -> None:
+        """Fail every request that holds a slot (their caches are gone)."""
+        self.engine.recover()
+        held = set(self._prefilling) | {c.request for c in self._running.values()}
+        for req in held:
+            self._fail(req, events, error)
 
     def _admit(self) -> None:
         while self._waiting and len(self._free) >= self._waiting[0].n:
@@ -230,6 +240,9 @@ class Scheduler:
                                                   TextTracker(self.tokenizer, req.prompt, req.stop))
             except Exception as e:  # noqa: BLE001 - one request's fault stays in it
                 self._fail(req, events, e)
+                if self.engine.recover():  # the device call lost every slot's cache
+                    self._fail_all(events, e)
+                    return
             if budget <= 0:
                 return
 
@@ -239,8 +252,7 @@ class Scheduler:
         try:
             tokens = self.engine.decode(active)
         except Exception as e:  # noqa: BLE001 - the device step failed: fail its requests
-            for req in {c.request for c in self._running.values()}:
-                self._fail(req, events, e)
+            self._fail_all(events, e)
             return
         eos = self.tokenizer.eos_id
         for slot, choice in list(self._running.items()):

@@ -191,6 +191,18 @@ class SlotEngine:
         self.state = self._prefill(self.params, self.state, buf, i32(len(tokens)), i32(start),
                                    i32(slot), key, np.float32(temperature), np.float32(top_p))
 
+    def recover(self) -> bool:
+        """After a failed call: True (and a fresh, empty state) if the state was lost.
+
+        The compiled functions donate the state, so a call that fails on the
+        device can leave it deleted; every slot's cache is then gone.
+        """
+        leaves = jax.tree_util.tree_leaves(self.state)
+        if not any(getattr(x, "is_deleted", lambda: False)() for x in leaves):
+            return False
+        self.state = self._init_state()
+        return True
+
     def warmup(self) -> None:
         """Compile every prefill bucket, the decode step and the copy (slot 0 gets junk,
         which the next request there overwrites)."""
