@@ -62,6 +62,8 @@ def test_stream_deltas_hold_back_a_possible_stop_string():
     assert held_back("abc<", ["</s>", "<|im_end|>"]) == 1
     assert held_back("abc", ["</s>"]) == 0
     assert held_back("ab\ufffd", []) == 1
+    assert held_back("ab\ufffd\ufffd", ["x"]) == 2
+    assert held_back("\ufffd", []) == 1
     text = "hello </x> world </s> never"
     tracker = TextTracker(_Chars(), [ord(">")], ["</s>"])
     ids, out = [], []

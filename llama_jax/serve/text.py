@@ -21,8 +21,8 @@ def held_back(text: str, stop: Sequence[str]) -> int:
             if text.endswith(s[:k]):
                 hold = k
                 break
-    if text[len(text) - hold - 1:len(text) - hold] == "\ufffd":
-        hold += 1
+    while hold < len(text) and text[len(text) - hold - 1] == "\ufffd":
+        hold += 1  # an unfinished character: its bytes decode to U+FFFD until complete
     return hold
 
 
