@@ -153,7 +153,7 @@ def test_disconnect_mid_stream_frees_the_slot(server):
     next(it)
     assert _health(url)["busy_slots"] == 1
     stream.close()  # the client goes away ~4 s before the request would end
-    _wait_idle(url, 1.5)
+    _wait_idle(url, 2.0)
     assert scheduler.stats["cancelled"] == before.get("cancelled", 0) + 1
     assert scheduler.stats["timeout"] == before.get("timeout", 0)
     _alive(client)
