@@ -52,6 +52,7 @@ from llama_jax.convert.meta import check_shardable, load_meta, save_meta
 from llama_jax.convert.orbax_format import is_orbax_model, load_orbax, save_orbax
 from llama_jax.convert.overrides import resolve_config
 from llama_jax.convert.sharded_read import load_onto_mesh
+from llama_jax.convert.sharded_save import save_hf_sharded, spans_devices
 from llama_jax.convert.workdir import is_training_checkpoint, load_params
 from llama_jax.data.tokenizer import Tokenizer
 from llama_jax.model.config import LlamaConfig
@@ -198,6 +199,11 @@ def save_pretrained(
         'hf' always writes ``generation_config.json``.
       progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
 
+    Params spread over several devices or processes (e.g. loaded with
+    ``from_pretrained(..., mesh=...)``) are written as 'hf' tensor by tensor
+    (`llama_jax.convert.sharded_save`), never gathered whole onto a host; with
+    several processes every process calls this and process 0 writes.
+
     Returns:
       `path` as a Path.
     """
@@ -209,6 +215,8 @@ def save_pretrained(
         check_shardable(config, shards)
     elif format == "orbax" and shards != 1:
         raise ConversionError(f"shards={shards}: the orbax format is never split; use shards=1")
+    if format == "hf" and spans_devices(flat):  # sharded: tensor by tensor, no gather
+        return save_hf_sharded(config, flat, path, shards, overwrite, tok, progress=progress)
     writers = {"orbax": lambda d: save_orbax(config, flat, d),
                "hf": lambda d: save_hf(config, flat, d, shards, progress=progress),
                "meta": lambda d: save_meta(config, flat, d, shards, progress=progress)}

@@ -4,10 +4,10 @@
 sharding of every parameter comes from its logical axis names and the rules
 (`llama_jax.sharding.logical_shardings`, lenient as evaluation places params:
 a dimension the mesh does not divide is replicated). Each array is built with
-`jax.make_array_from_callback`: for every addressable device the callback
-reads just that device's block of the stored tensor. So a process reads only
-its own shards, and the host holds at most one tensor's local shards at a
-time, never the model.
+`place`, which is `jax.make_array_from_callback` one shard at a time: for
+every distinct block its devices hold, a process reads just that block of the
+stored tensor, puts it on those devices and drops it. So a process reads only
+its own shards, and the host holds about one shard at a time, never the model.
 
 Our layout differs from the files': a linear weight is stored ``[out, in]``
 and kept as ``[in..., out...]`` (e.g. wq ``[dim, heads, head_dim]``), and HF
@@ -23,7 +23,7 @@ change of layout runs on the devices, sharded.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,31 @@ def convert_block(source, name: str, shape: tuple[int, ...],
     return np.ascontiguousarray(block.T.reshape(sizes))  # [in..., out...]
 
 
+def place(shape: tuple[int, ...], target: jax.sharding.Sharding,
+          read: Callable[[tuple[slice, ...]], np.ndarray]) -> jax.Array:
+    """A global array of `shape` on `target`, each local shard made by `read(index)`.
+
+    `jax.make_array_from_callback`, one shard at a time: every distinct block
+    this process needs is read once, put on the devices that hold it, and
+    dropped before the next is read (the callback version keeps all of an
+    array's local blocks on the host until it places them together).
+    """
+    index_map = target.addressable_devices_indices_map(shape)
+    groups: dict[tuple, tuple[tuple[slice, ...], list]] = {}
+    for device, index in index_map.items():
+        index = _ranges(index, shape)
+        key = tuple((s.start, s.stop) for s in index)
+        groups.setdefault(key, (index, []))[1].append(device)
+    placed = {}
+    for index, devices in groups.values():
+        block = read(index)
+        for device in devices:
+            placed[device] = jax.device_put(block, device)
+        del block
+    return jax.make_array_from_single_device_arrays(shape, target,
+                                                    [placed[d] for d in index_map])
+
+
 def _paths(config: LlamaConfig):
     """(our path, Meta name or per-layer suffix, per-layer?) in Meta's file order."""
     for name, path in GLOBAL_TABLE.items():
@@ -131,37 +156,28 @@ def _from_source(source, config: LlamaConfig, cast_to: np.dtype | None, mesh: Me
     items = list(_paths(config))
 
     def build(name_of, shape, where):
-        memo: dict[tuple, np.ndarray] = {}  # partly replicated: one read per distinct block
-
-        def callback(index):
-            index = _ranges(index, shape)
-            key = tuple((s.start, s.stop) for s in index)
-            if key not in memo:
-                if name_of is None:
-                    block = convert_block(source, where, shape, index)
-                else:  # stacked layers: one stored tensor per layer
-                    block = np.stack([convert_block(source, name_of(i), shape[1:], index[1:])
-                                      for i in range(index[0].start, index[0].stop)])
-                memo[key] = block if cast_to is None else block.astype(cast_to, copy=False)
-            return memo[key]
-        return callback
+        def read(index):
+            if name_of is None:
+                block = convert_block(source, where, shape, index)
+            else:  # stacked layers: one stored tensor per layer
+                block = np.stack([convert_block(source, name_of(i), shape[1:], index[1:])
+                                  for i in range(index[0].start, index[0].stop)])
+            return block if cast_to is None else block.astype(cast_to, copy=False)
+        return read
 
     for path, name, per_layer in progress_bar(items, total=len(items),
                                               desc=f"placing {source.path.name}",
                                               enabled=progress):
         shape = shapes[path]
         if not per_layer:
-            arr = jax.make_array_from_callback(shape, flat_shardings[path],
-                                               build(None, shape, name))
+            arr = place(shape, flat_shardings[path], build(None, shape, name))
         elif config.scan_layers:
-            arr = jax.make_array_from_callback(
-                shape, flat_shardings[path],
-                build(lambda i, s=name: f"layers.{i}.{s}", shape, None))
+            arr = place(shape, flat_shardings[path],
+                        build(lambda i, s=name: f"layers.{i}.{s}", shape, None))
         else:
             layer_sharding = jax.sharding.NamedSharding(
                 mesh, jax.sharding.PartitionSpec(*flat_shardings[path].spec[1:]))
-            arr = [jax.make_array_from_callback(shape[1:], layer_sharding,
-                                                build(None, shape[1:], f"layers.{i}.{name}"))
+            arr = [place(shape[1:], layer_sharding, build(None, shape[1:], f"layers.{i}.{name}"))
                    for i in range(config.n_layers)]
         out[path] = arr
     if config.scan_layers:
