@@ -63,22 +63,8 @@ def _scores(results: dict) -> dict:
     return out
 
 
-@pytest.mark.multiprocess
-def test_two_process_eval_scores_like_one(data_dir, tmp_path):  # noqa: F811
-    tok = train_tokenizer([pathlib.Path(json.__file__)], str(tmp_path / "tok"), vocab_size=384)
-    cfg = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=384,
-                      multiple_of=32, max_seq_len=128)
-    ckpt = llama_jax.save_pretrained(cfg, init_params(cfg, jax.random.key(0)), tmp_path / "hf",
-                                     format="hf", shards=2, progress=False)
-    stored = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
-    base = [sys.executable, "-m", "llama_jax.eval", f"--checkpoint={ckpt}",
-            f"--tokenizer={tok.path}", f"--data_dir={data_dir}", *TASKS]
-    port = _free_port()
-    runs = [("one", base + [f"--output={tmp_path / 'one.json'}"], 8)]
-    for pid in range(2):
-        runs.append((f"p{pid}", base + [
-            f"--output={tmp_path / 'two.json'}", f"--coordinator_address=localhost:{port}",
-            "--num_processes=2", f"--process_id={pid}"], 4))
+def _run_all(runs, tmp_path: Path) -> dict[str, str]:
+    """Start every (name, command, fake devices) at once; their logs, or fail."""
     procs, logs = [], []
     for name, cmd, devices in runs:
         log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
@@ -100,9 +86,34 @@ def test_two_process_eval_scores_like_one(data_dir, tmp_path):  # noqa: F811
         for log in logs:
             log.close()
     text = {name: (tmp_path / f"{name}.log").read_text() for name, _, _ in runs}
-    if codes != [0, 0, 0]:
-        pytest.fail(f"eval processes failed: {codes}\n" + "\n".join(
+    if codes != [0] * len(runs):
+        pytest.fail(f"processes failed: {codes}\n" + "\n".join(
             f"--- {name} ---\n{t[-4000:]}" for name, t in text.items()))
+    return text
+
+
+def _model(tmp_path: Path):
+    tok = train_tokenizer([pathlib.Path(json.__file__)], str(tmp_path / "tok"), vocab_size=384)
+    cfg = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=384,
+                      multiple_of=32, max_seq_len=128)
+    ckpt = llama_jax.save_pretrained(cfg, init_params(cfg, jax.random.key(0)), tmp_path / "hf",
+                                     format="hf", shards=2, tokenizer=tok, progress=False)
+    return ckpt, tok
+
+
+@pytest.mark.multiprocess
+def test_two_process_eval_scores_like_one(data_dir, tmp_path):  # noqa: F811
+    ckpt, tok = _model(tmp_path)
+    stored = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
+    base = [sys.executable, "-m", "llama_jax.eval", f"--checkpoint={ckpt}",
+            f"--tokenizer={tok.path}", f"--data_dir={data_dir}", *TASKS]
+    port = _free_port()
+    runs = [("one", base + [f"--output={tmp_path / 'one.json'}"], 8)]
+    for pid in range(2):
+        runs.append((f"p{pid}", base + [
+            f"--output={tmp_path / 'two.json'}", f"--coordinator_address=localhost:{port}",
+            "--num_processes=2", f"--process_id={pid}"], 4))
+    text = _run_all(runs, tmp_path)
 
     one = json.loads((tmp_path / "one.json").read_text())["results"]
     two = json.loads((tmp_path / "two.json").read_text())["results"]
@@ -121,3 +132,20 @@ def test_two_process_eval_scores_like_one(data_dir, tmp_path):  # noqa: F811
         read[pid] = int(m.group(1))
     assert all(0.45 * stored < b < 0.55 * stored for b in read.values()), (read, stored)
     assert sum(read.values()) >= stored - 4096  # together they read it all (headers aside)
+
+
+@pytest.mark.multiprocess
+def test_two_process_generate_samples_like_one(tmp_path):
+    ckpt, _ = _model(tmp_path)
+    base = [sys.executable, "-m", "llama_jax.generate", f"--checkpoint={ckpt}", "--prompt=def f",
+            "--prompt=import os", "--max_new_tokens=6", "--temperature=0.8", "--num_samples=2"]
+    port = _free_port()
+    runs = [("one", base + [f"--output={tmp_path / 'one.jsonl'}"], 8)]
+    for pid in range(2):
+        runs.append((f"p{pid}", base + [
+            f"--output={tmp_path / 'two.jsonl'}", f"--coordinator_address=localhost:{port}",
+            "--num_processes=2", f"--process_id={pid}"], 4))
+    text = _run_all(runs, tmp_path)
+    one = (tmp_path / "one.jsonl").read_text().splitlines()
+    assert len(one) == 4 and (tmp_path / "two.jsonl").read_text().splitlines() == one
+    assert "=== [0] def f" in text["p0"] and "=== [0] def f" not in text["p1"]  # 0 prints
