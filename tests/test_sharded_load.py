@@ -194,3 +194,29 @@ def test_host_memory_stays_far_below_the_model(tmp_path):
         peaks[way] = json.loads(done.stdout.strip().splitlines()[-1])["peak"]
     assert peaks["host"] > model_bytes  # the measure sees a whole host copy
     assert peaks["mesh"] < model_bytes / 5, (peaks, model_bytes)
+
+
+def test_truncated_safetensors_is_a_clear_error(ckpts, tmp_path):
+    import shutil
+
+    bad = tmp_path / "trunc"
+    shutil.copytree(ckpts["hf"], bad)
+    file = bad / "model.safetensors"
+    file.write_bytes(file.read_bytes()[:-100])
+    with pytest.raises(ConversionError, match=r"model\.safetensors: tensor '.*' .*truncated"):
+        from_pretrained(bad, mesh=sharding.make_mesh((1, 8, 1, 1)), progress=False)
+    file.write_bytes(b"\x05\x00")
+    with pytest.raises(ConversionError, match=r"model\.safetensors: not a readable safetensors"):
+        from_pretrained(bad, mesh=sharding.make_mesh((1, 8, 1, 1)), progress=False)
+
+
+def test_streamed_writer_refuses_out_of_order_tensors(tmp_path):
+    from llama_jax.convert.safetensors_io import StreamedWriter
+
+    writer = StreamedWriter(tmp_path / "x.safetensors", [("a", "float32", (2,)),
+                                                         ("b", "float32", (3,))])
+    with pytest.raises(ConversionError, match=r"expected tensor \('a', 'float32', \(2,\)\) next"):
+        writer.write("b", np.zeros(3, np.float32))
+    writer.write("a", np.arange(2, dtype=np.float32))
+    with pytest.raises(ConversionError, match=r"closed before tensors \['b'\]"):
+        writer.close()
