@@ -149,3 +149,34 @@ def test_two_process_generate_samples_like_one(tmp_path):
     one = (tmp_path / "one.jsonl").read_text().splitlines()
     assert len(one) == 4 and (tmp_path / "two.jsonl").read_text().splitlines() == one
     assert "=== [0] def f" in text["p0"] and "=== [0] def f" not in text["p1"]  # 0 prints
+
+
+SAVE_SCRIPT = """
+import sys
+from llama_jax import distributed
+pid, port, src, dst = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+distributed.initialize(f"localhost:{port}", 2, pid)
+import jax
+from llama_jax.convert import from_pretrained, save_pretrained
+from llama_jax.infer import placement
+config, params = from_pretrained(src, mesh=placement.parse_mesh("1,2,4,1"), progress=False)
+assert not jax.tree_util.tree_leaves(params)[0].is_fully_addressable  # spans both processes
+save_pretrained(config, params, dst, format="hf", shards=3, progress=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_process_sharded_save_reloads_equal(tmp_path):
+    import numpy as np
+
+    from llama_jax.convert import from_pretrained
+
+    ckpt, _ = _model(tmp_path)
+    port, dst = _free_port(), tmp_path / "saved"
+    _run_all([(f"p{pid}", [sys.executable, "-c", SAVE_SCRIPT, str(pid), str(port), str(ckpt),
+                           str(dst)], 4) for pid in range(2)], tmp_path)
+    assert (dst / "model.safetensors.index.json").is_file()
+    want, got = (jax.tree_util.tree_leaves(from_pretrained(p, progress=False)[1])
+                 for p in (ckpt, dst))
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(want, got, strict=True))

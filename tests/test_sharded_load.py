@@ -155,6 +155,12 @@ def test_sharded_save_streams_and_reloads_equal(ckpts, tmp_path):
         _assert_same(from_pretrained(ckpts["hf"], progress=False)[1],
                      from_pretrained(out, mesh=mesh, progress=False)[1], mesh,
                      sharding.DEFAULT_RULES, config)
+    # Meta from sharded params (one process): each tensor fetched alone, files as the host's.
+    meta = save_pretrained(config, params, tmp_path / "meta", format="meta", shards=2,
+                           progress=False)
+    _assert_same(from_pretrained(ckpts["meta2"], progress=False)[1],
+                 from_pretrained(meta, mesh=mesh, progress=False)[1], mesh,
+                 sharding.DEFAULT_RULES, config)
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
