@@ -7,7 +7,8 @@ a dimension the mesh does not divide is replicated). Each array is built with
 `place`, which is `jax.make_array_from_callback` one shard at a time: for
 every distinct block its devices hold, a process reads just that block of the
 stored tensor, puts it on those devices and drops it. So a process reads only
-its own shards, and the host holds about one shard at a time, never the model.
+its own shards, and the host holds one device's block of one parameter at a
+time (for stacked layers, that device's share of every layer), never the model.
 
 Our layout differs from the files': a linear weight is stored ``[out, in]``
 and kept as ``[in..., out...]`` (e.g. wq ``[dim, heads, head_dim]``), and HF
