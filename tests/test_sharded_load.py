@@ -226,3 +226,26 @@ def test_streamed_writer_refuses_out_of_order_tensors(tmp_path):
     writer.write("a", np.arange(2, dtype=np.float32))
     with pytest.raises(ConversionError, match=r"closed before tensors \['b'\]"):
         writer.close()
+
+
+def test_meta_llama1_and_llama3_files_on_the_mesh(ckpts, tmp_path):
+    """vocab_size=-1 + stored rope.freqs (LLaMA 1) and a vocab-split embedding (Llama 3)."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    dst = tmp_path / "meta"
+    shutil.copytree(ckpts["meta2"], dst)
+    params_json = json.loads((dst / "params.json").read_text())
+    params_json["vocab_size"] = -1
+    (dst / "params.json").write_text(json.dumps(params_json))
+    states = [torch.load(dst / f"consolidated.0{s}.pth", weights_only=True) for s in (0, 1)]
+    full = torch.cat([s["tok_embeddings.weight"] for s in states], dim=1)  # [vocab, dim]
+    for s, (state, part) in enumerate(zip(states, torch.chunk(full, 2, dim=0), strict=True)):
+        state["tok_embeddings.weight"] = part.clone()
+        state["rope.freqs"] = torch.ones(4)
+        torch.save(state, dst / f"consolidated.0{s}.pth")
+    mesh = sharding.make_mesh((1, 2, 4, 1))
+    want_cfg, want = from_pretrained(ckpts["meta2"], progress=False)
+    got_cfg, got = from_pretrained(dst, mesh=mesh, progress=False)
+    assert got_cfg == want_cfg
+    _assert_same(want, got, mesh, sharding.DEFAULT_RULES, want_cfg)
