@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -247,3 +248,16 @@ class PreemptionHandler:
 
     def __exit__(self, *exc) -> None:
         self.uninstall()
+
+
+def to_host(x: Any) -> np.ndarray:
+    """`x` as one numpy array on this host, whatever its sharding.
+
+    A jax.Array that this process holds entirely (or that is replicated) is
+    read from its local shards; one spread over several processes is gathered
+    with `multihost_utils.process_allgather` (every process must call it, in
+    the same order). Numpy input is returned as is.
+    """
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.sharding import Mesh
 
 from llama_jax.convert.common import (
     ConversionError,
@@ -49,9 +50,13 @@ from llama_jax.convert.hf_tokenizer import (
 )
 from llama_jax.convert.meta import check_shardable, load_meta, save_meta
 from llama_jax.convert.orbax_format import is_orbax_model, load_orbax, save_orbax
+from llama_jax.convert.overrides import resolve_config
+from llama_jax.convert.sharded_read import load_onto_mesh
+from llama_jax.convert.sharded_save import save_hf_sharded, spans_devices
 from llama_jax.convert.workdir import is_training_checkpoint, load_params
 from llama_jax.data.tokenizer import Tokenizer
 from llama_jax.model.config import LlamaConfig
+from llama_jax.sharding import DEFAULT_RULES, Rules
 
 __all__ = [
     "FORMATS",
@@ -101,6 +106,8 @@ def from_pretrained(
     *,
     format: str | None = None,
     progress: bool = True,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
 ) -> tuple[LlamaConfig, dict]:
     """Load a checkpoint of any supported layout as (config, params).
 
@@ -118,14 +125,27 @@ def from_pretrained(
         (a training checkpoint keeps the layout its tree was saved in).
       format: force one of 'meta', 'hf', 'orbax', 'training' instead of detecting.
       progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
+      mesh: load straight onto this mesh (`llama_jax.convert.sharded_read`):
+        each device's shard of each tensor is read from the files and placed
+        with `jax.make_array_from_callback` (orbax restores into the target
+        shardings), so no process holds the whole model or reads other
+        processes' shards. Works with several processes (`jax.distributed`).
+      rules: logical-axis rules for `mesh` (default
+        `llama_jax.sharding.DEFAULT_RULES`); shardings as `place_params` makes
+        them (a dimension the mesh does not divide is replicated).
 
     Returns:
       The config and the parameter tree (host numpy arrays from Meta/HF/orbax
-      files) in the layout `config.scan_layers` asks for (scanned by default).
+      files; sharded `jax.Array`s with `mesh`) in the layout
+      `config.scan_layers` asks for (scanned by default). Both paths give the
+      same values bit for bit.
     """
     path = Path(path)
     np_dtype = resolve_dtype(dtype)
     fmt = format or detect_format(path)
+    if mesh is not None:
+        return load_onto_mesh(path, fmt, np_dtype, config_overrides, mesh,
+                              DEFAULT_RULES if rules is None else rules, progress=progress)
     loaders = {"meta": lambda: load_meta(path, np_dtype, progress=progress),
                "hf": lambda: load_hf(path, np_dtype, progress=progress),
                "orbax": lambda: load_orbax(path, np_dtype)}
@@ -138,23 +158,7 @@ def from_pretrained(
         raise ConversionError(f"format={fmt!r} is not one of {[*loaders, 'training']}")
 
     stored = params_dtype_name(params)
-    if stored is not None and stored != config.param_dtype:
-        config = config.replace(param_dtype=stored)
-    overrides = dict(config_overrides or {})
-    if np_dtype is not None:
-        if overrides.get("param_dtype", np_dtype.name) != np_dtype.name:
-            raise ConversionError(f"dtype={np_dtype.name!r} conflicts with config_overrides "
-                                  f"param_dtype={overrides['param_dtype']!r}")
-        overrides["param_dtype"] = np_dtype.name
-    if ("max_seq_len" in overrides and config.rope_scaling_type is not None
-            and config.rope_original_max_seq_len is None):
-        # A longer context at run time must not move the scaling's original length.
-        overrides.setdefault("rope_original_max_seq_len", config.max_seq_len)
-    try:
-        config = config.replace(**overrides)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"config_overrides={dict(config_overrides or {})} for {path}: "
-                              f"{e}") from e
+    config, overrides = resolve_config(config, stored, np_dtype, config_overrides, path)
     # Overrides must still match the tensors (checks loaders' output too).
     canonical_params(config, params, params_source=f"the checkpoint {path}",
                      config_source=f"its config with config_overrides={overrides}")
@@ -195,6 +199,11 @@ def save_pretrained(
         'hf' always writes ``generation_config.json``.
       progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
 
+    Params spread over several devices or processes (e.g. loaded with
+    ``from_pretrained(..., mesh=...)``) are written as 'hf' tensor by tensor
+    (`llama_jax.convert.sharded_save`), never gathered whole onto a host; with
+    several processes every process calls this and process 0 writes.
+
     Returns:
       `path` as a Path.
     """
@@ -206,6 +215,8 @@ def save_pretrained(
         check_shardable(config, shards)
     elif format == "orbax" and shards != 1:
         raise ConversionError(f"shards={shards}: the orbax format is never split; use shards=1")
+    if format == "hf" and spans_devices(flat):  # sharded: tensor by tensor, no gather
+        return save_hf_sharded(config, flat, path, shards, overwrite, tok, progress=progress)
     writers = {"orbax": lambda d: save_orbax(config, flat, d),
                "hf": lambda d: save_hf(config, flat, d, shards, progress=progress),
                "meta": lambda d: save_meta(config, flat, d, shards, progress=progress)}

@@ -161,7 +161,12 @@ def _weight_files(path: Path) -> list[Path]:
         files = [path / f for f in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise ConversionError(f"{index} names shard files that are missing: {missing}")
+            tensors = sorted(n for n, f in weight_map.items() if f == missing[0])
+            more = f" and {len(tensors) - 1} more" if len(tensors) > 1 else ""
+            raise ConversionError(
+                f"{index} names shard files that are missing: {missing} (tensor "
+                f"{tensors[0]!r}{more} should be in {missing[0]}); copy them into {path} or "
+                "re-download the checkpoint")
         return files
     if (path / WEIGHTS_FILE).is_file():
         return [path / WEIGHTS_FILE]

@@ -15,7 +15,9 @@ or data-iterator state: it is the unit you publish, convert and evaluate.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -56,11 +58,8 @@ def _stored_tree(params_dir: Path):
     return getattr(meta, "tree", meta)
 
 
-def load_orbax(path: str | Path, dtype: np.dtype | None = None) -> tuple[LlamaConfig, dict]:
-    """Load this project's model directory -> (config, scanned numpy params)."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path)
+def _read_model_dir(path: Path) -> tuple[LlamaConfig, Path, Any]:
+    """(config, params dir, stored metadata tree) of a model folder, shapes checked."""
     config_file, params_dir = path / CONFIG_FILE, (path / PARAMS_DIR).resolve()
     try:
         config = LlamaConfig.from_dict(json.loads(config_file.read_text()))
@@ -77,10 +76,38 @@ def load_orbax(path: str | Path, dtype: np.dtype | None = None) -> tuple[LlamaCo
     expected = {"/".join(p): s for p, s in param_shapes(config).items()}
     check_tensors({"/".join(p): tuple(m.shape) for p, m in flat_meta.items()}, expected,
                   where=lambda name: str(params_dir), config_source=str(config_file))
+    return config, params_dir, stored
+
+
+def load_orbax(path: str | Path, dtype: np.dtype | None = None) -> tuple[LlamaConfig, dict]:
+    """Load this project's model directory -> (config, scanned numpy params)."""
+    import orbax.checkpoint as ocp
+
+    config, params_dir, stored = _read_model_dir(Path(path))
     restore_args = jax.tree_util.tree_map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
     params = ocp.PyTreeCheckpointer().restore(
         params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
     if dtype is not None:
         params = jax.tree_util.tree_map(lambda x: x.astype(dtype, copy=False), params)
+    return config, params
+
+
+def load_orbax_sharded(path: str | Path,
+                       shardings_for: Callable[[LlamaConfig], Any]) -> tuple[LlamaConfig, dict]:
+    """(config, scanned params as sharded `jax.Array`s) of a model directory.
+
+    `shardings_for(config)` gives the target `Sharding` tree (scanned layout);
+    orbax restores each array straight into it, every process reading only
+    the chunks its devices hold. The stored dtypes are kept.
+    """
+    import orbax.checkpoint as ocp
+
+    config, params_dir, stored = _read_model_dir(Path(path))
+    restore_args = jax.tree_util.tree_map(
+        lambda m, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=tuple(m.shape),
+                                          dtype=m.dtype),
+        stored, shardings_for(config))
+    params = ocp.PyTreeCheckpointer().restore(
+        params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
     return config, params

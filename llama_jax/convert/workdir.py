@@ -94,7 +94,9 @@ def load_params(path: str | Path, *, shardings: Any = None,
     Args:
       path: ``WORKDIR``, ``WORKDIR/checkpoints`` or ``WORKDIR/checkpoints/<step>``.
       shardings: optional pytree of `jax.sharding.Sharding` like the params to
-        place them sharded; by default each array lands on the first device.
+        place them sharded (or a function of the checkpoint's config, scan
+        layout included, that returns one); by default each array lands on
+        the first device.
       verify: check the step's digests first (it reads every file of the step
         once); False loads the newest step unchecked.
 
@@ -110,6 +112,8 @@ def load_params(path: str | Path, *, shardings: Any = None,
     saved = tree["train_state"]["params"]
     # The meta keeps the model's shape; the config says the layout the params come in.
     config = config.replace(scan_layers=is_scanned(saved))
+    if callable(shardings):
+        shardings = shardings(config)
     if shardings is None:
         device = jax.devices()[0]
         shardings = jax.tree_util.tree_map(

@@ -14,17 +14,27 @@ Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags, task list,
 mesh, checkpoint, tokenizer, data set, an empty data file, an --output that
 cannot be written: one ``error: ...`` line, the flags and paths checked before
 the model loads); 1 otherwise.
+
+Several hosts: run the same command on every host with
+``--coordinator_address=HOST0:PORT --num_processes=N --process_id=i`` (or
+under SLURM / Open MPI / a TPU slice, detected); processes join through
+`llama_jax.distributed` as training does, the mesh spans all their devices
+(hosts on the ``data`` or ``fsdp`` axis), each process reads only its
+devices' shards of the checkpoint, and process 0 writes the results.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 
+from llama_jax import sharding
 from llama_jax.cli import check_output_file, run_cli, user_errors
 from llama_jax.convert import from_pretrained
 from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
+from llama_jax.convert.safetensors_io import READ_STATS
 from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.eval import paper_results, report
 from llama_jax.eval.runner import build_context, check_batch_size, evaluate
@@ -48,6 +58,12 @@ flags.DEFINE_string("markdown", None, "Where to write the markdown table (defaul
 flags.DEFINE_integer("batch_size", 8, "Rows per compiled scoring / generation batch.")
 flags.DEFINE_integer("max_len", None, "Longest scored sequence (default: the model's max_seq_len).")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
+flags.DEFINE_string("mesh_rules", None, "Logical-axis rule overrides, 'name=axis[+axis],name=' "
+                    "(see llama_jax.sharding.make_rules).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (as "
+                    "training's distributed.coordinator_address; SLURM/MPI/TPU are detected).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes run this command.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                   "Cast weights and compute to this dtype (default: weights as stored, compute in float32).")
 flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
@@ -94,10 +110,13 @@ def main(argv):
     for name in ("checkpoint", "tasks"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
+    # Before anything touches a JAX backend: join the job, as training does.
+    info = placement.join_job(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     specs = parse_task_list(FLAGS.tasks, FLAGS.num_fewshot)
     options = EvalOptions(**{name: FLAGS[name].value for name in _OPTION_FLAGS})
     with user_errors():
         mesh = placement.parse_mesh(FLAGS.mesh)
+        rules = sharding.make_rules(FLAGS.mesh_rules)
     needs_data = any(t.needs_data and not (t.name == "perplexity" and FLAGS.perplexity_corpus)
                      for t, _ in specs)
     if needs_data and not FLAGS.data_dir:
@@ -114,25 +133,34 @@ def main(argv):
             overrides["max_seq_len"] = FLAGS.max_seq_len
         if FLAGS.dtype:
             overrides["dtype"] = FLAGS.dtype
+        # Straight onto the mesh: each process reads only its devices' shards.
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
-                                         config_overrides=overrides)
+                                         config_overrides=overrides, mesh=mesh, rules=rules)
         check_tokenizer_fits(tokenizer, config.vocab_size, f"checkpoint {FLAGS.checkpoint}")
+    if info.process_count > 1:
+        print(f"process {info.process_index} of {info.process_count}: read "
+              f"{READ_STATS.bytes} checkpoint bytes in {READ_STATS.blocks} blocks for "
+              f"{info.local_device_count} of {info.device_count} devices", file=sys.stderr)
     num_params = count_params(config)
-    ctx = build_context(config, params, tokenizer, mesh=mesh, batch_size=FLAGS.batch_size,
-                        max_len=FLAGS.max_len, seed=FLAGS.seed, options=options)
-    del params  # the context holds the parameters on the mesh; free the host copy
+    ctx = build_context(config, params, tokenizer, mesh=mesh, rules=rules,
+                        batch_size=FLAGS.batch_size, max_len=FLAGS.max_len, seed=FLAGS.seed,
+                        options=options)
+    del params
     meta = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "tokenizer": os.path.abspath(tok_path),
             "num_params": num_params, "paper_size": paper_results.nearest_size(num_params),
             "config": config.to_dict(), "limit": FLAGS.limit, "seed": FLAGS.seed}
 
     def save(results):
+        if info.process_index != 0:  # every process scores; process 0 writes
+            return
         report.write_json({"model": meta, "results": results}, FLAGS.output)
         atomic_write(md_path, (report.markdown_table(results, num_params) + "\n").encode("utf-8"))
 
     results = evaluate(ctx, specs, FLAGS.data_dir or "", limit=FLAGS.limit,
                        keep_predictions=FLAGS.log_samples, on_result=save)
-    print(report.markdown_table(results, num_params))
-    print(f"\nwrote {FLAGS.output} and {md_path}")
+    if info.process_index == 0:
+        print(report.markdown_table(results, num_params))
+        print(f"\nwrote {FLAGS.output} and {md_path}")
     return 0
 
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from llama_jax import sharding
+from llama_jax import distributed, sharding
 from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig
 from llama_jax.progress import bar as progress_bar
@@ -202,7 +202,7 @@ class Scorer:
                     mask[row, n - n_cont:n] = 1
                 batch = jax.device_put((tokens, positions, targets, segs, mask), self._in_sharding)
                 total, greedy = self._jitted(self.params, *batch)
-                total, greedy = np.asarray(total), np.asarray(greedy)
+                total, greedy = distributed.to_host(total), distributed.to_host(greedy)
                 for row, i in enumerate(idx):
                     results[i] = LoglikelihoodResult(float(total[row]), bool(greedy[row]),
                                                      prepared[i][2])
@@ -233,7 +233,7 @@ class Scorer:
         for start in range(0, size, self.batch_size):
             part = tuple(a[start:start + self.batch_size] for a in arrays)
             lp, _ = self._jitted(self.params, *jax.device_put(part, self._in_sharding))
-            total += float(np.sum(np.asarray(lp, np.float64)))
+            total += float(np.sum(distributed.to_host(lp).astype(np.float64)))
         return total, int(np.sum(arrays[4]))
 
     def rolling_windows(self, tokens: Sequence[int], prefix_token: int):

@@ -15,6 +15,12 @@ is checked before the model loads). A prompt longer than the context
 stderr). Exit status (`llama_jax.cli`): 0 done; 2 for a user error (flags,
 prompts file, mesh, checkpoint, tokenizer, a prompt too long or empty: one
 ``error: ...`` line); 1 otherwise.
+
+Several hosts: the same command on every host with
+``--coordinator_address=HOST0:PORT --num_processes=N --process_id=i`` (or
+SLURM / Open MPI / a TPU slice, detected) joins through `llama_jax.distributed`
+as training does; each process reads only its devices' shards; process 0
+prints and writes the samples.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 
 from absl import app, flags, logging
 
+from llama_jax import sharding
 from llama_jax.cli import check_output_file, run_cli, user_errors
 from llama_jax.convert import from_pretrained
 from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
@@ -48,6 +55,12 @@ flags.DEFINE_multi_string("stop", [], "Stop string (repeatable); output is cut b
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 8, "Rows decoded together.")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
+flags.DEFINE_string("mesh_rules", None, "Logical-axis rule overrides, 'name=axis[+axis],name=' "
+                    "(see llama_jax.sharding.make_rules).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (as "
+                    "training's distributed.coordinator_address; SLURM/MPI/TPU are detected).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes run this command.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                   "Cast weights and compute to this dtype (default: weights as stored, compute in float32).")
 flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
@@ -82,6 +95,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required")
+    # Before anything touches a JAX backend: join the job, as training does.
+    info = placement.join_job(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     prompts = list(FLAGS.prompt) + (read_prompts(FLAGS.prompts_file) if FLAGS.prompts_file else [])
     if not prompts:
         raise app.UsageError("give --prompt and/or --prompts_file")
@@ -97,17 +112,21 @@ def main(argv):
         if FLAGS.dtype:
             overrides["dtype"] = FLAGS.dtype
         mesh = placement.parse_mesh(FLAGS.mesh)
+        rules = sharding.make_rules(FLAGS.mesh_rules)
+        # Straight onto the mesh: each process reads only its devices' shards.
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
-                                         config_overrides=overrides)
+                                         config_overrides=overrides, mesh=mesh, rules=rules)
         check_tokenizer_fits(tokenizer, config.vocab_size, f"checkpoint {FLAGS.checkpoint}")
-    generator = Generator(config, params, mesh=mesh, batch_size=FLAGS.batch_size)
-    del params  # the generator holds them on the mesh; free the host copy
+    generator = Generator(config, params, mesh=mesh, rules=rules, batch_size=FLAGS.batch_size)
+    del params
     with user_errors():  # --max_new_tokens, --num_samples, a prompt too long for the model
         outs = generate_text(generator, tokenizer, prompts, max_new_tokens=FLAGS.max_new_tokens,
                              sampling=sampling, num_samples=FLAGS.num_samples, stop=FLAGS.stop,
                              seed=FLAGS.seed, add_bos=FLAGS.bos, truncate_left=FLAGS.truncate)
     records = [{"prompt": p, "sample": s, "text": t}
                for p, samples in zip(prompts, outs, strict=True) for s, t in enumerate(samples)]
+    if info.process_index != 0:  # every process decodes; process 0 prints and writes
+        return 0
     for r in records:
         head = f"[{r['sample']}] " if FLAGS.num_samples > 1 else ""
         print(f"=== {head}{r['prompt']}\n{r['prompt']}{r['text']}\n")

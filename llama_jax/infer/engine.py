@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from llama_jax import sharding
+from llama_jax import distributed, sharding
 from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig, init_cache
 from llama_jax.progress import bar as progress_bar
@@ -276,11 +276,11 @@ class Generator:
                 state = self._decode(self.params, state, keys, jnp.asarray(stop_at, jnp.int32),
                                      eos, sampling=sampling)
                 step = int(state["step"])
-                done = np.array(state["done"])
+                done = np.array(distributed.to_host(state["done"]))  # writable copy
                 if done.all():
                     break
                 if is_finished is not None:
-                    out = np.asarray(state["out"])
+                    out = distributed.to_host(state["out"])
                     changed = False
                     for r in range(n_real):
                         if not done[r] and is_finished(row_ids[r][0],
@@ -291,7 +291,7 @@ class Generator:
                         state["done"] = jnp.asarray(done)
                         if done.all():
                             break
-        out = np.asarray(state["out"])
+        out = distributed.to_host(state["out"])
         return [_trim(out[r, :step if ends[r] is None else ends[r]], eos_id)
                 for r in range(n_real)]
 

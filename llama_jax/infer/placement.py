@@ -16,13 +16,35 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh
 
-from llama_jax import sharding
+from llama_jax import distributed, sharding
 from llama_jax.model import LlamaConfig, abstract_params
 
 
 def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """All devices on the `fsdp` axis: weights sharded, batch split."""
-    return sharding.make_mesh((1, -1, 1, 1), devices)
+    return _mesh((1, -1, 1, 1), devices)
+
+
+def _mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None) -> Mesh:
+    """One host: `make_mesh`; several processes: `mesh_from_config` (hosts on DCN axes)."""
+    if jax.process_count() > 1:
+        return sharding.mesh_from_config(dict(zip(sharding.MESH_AXES, shape, strict=True)),
+                                         devices)
+    return sharding.make_mesh(shape, devices)
+
+
+def join_job(coordinator_address: str | None, num_processes: int | None,
+             process_id: int | None) -> distributed.ProcessInfo:
+    """Join a multi-process job as training does (`distributed.initialize_from_config`).
+
+    The eval / generate CLIs call it first thing, with their
+    ``--coordinator_address``, ``--num_processes`` and ``--process_id``
+    flags; with none of them set outside a cluster it is a no-op. Raises
+    `ConfigError` for an incomplete spec.
+    """
+    return distributed.initialize_from_config({
+        "enabled": "auto", "coordinator_address": coordinator_address,
+        "num_processes": num_processes, "process_id": process_id})
 
 
 def parse_mesh(spec: str | None, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -34,7 +56,7 @@ def parse_mesh(spec: str | None, devices: Sequence[jax.Device] | None = None) ->
     except ValueError:
         raise ValueError(f"mesh={spec!r}: expected four comma-separated integers "
                          f"for {sharding.MESH_AXES}, e.g. '1,-1,1,1'") from None
-    return sharding.make_mesh(shape, devices)
+    return _mesh(shape, devices)
 
 
 def place_params(config: LlamaConfig, params, mesh: Mesh,
