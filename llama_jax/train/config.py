@@ -54,6 +54,13 @@ def base_config() -> ml_collections.ConfigDict:
     for field in dataclasses.fields(LlamaConfig):
         c.model[field.name] = config_dict.placeholder(_field_type(field))
 
+    c.init = ml_collections.ConfigDict()
+    # Start from pretrained weights: any checkpoint `from_pretrained` reads (HF, Meta,
+    # orbax, a training workdir). Its shape replaces model.preset (model.* shape overrides
+    # must agree), its tokenizer.model is the run's unless data.tokenizer is set; used at
+    # step 0 only (a resume restores the workdir's own). Empty = random init.
+    c.init.checkpoint = ""
+
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer updates
     c.train.batch_size = 16  # global sequences per update (all devices, all microbatches)
@@ -239,7 +246,7 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
             raise ConfigError(f"mesh.dcn.{axis}={dcn} must be a positive number of hosts/slices "
                               "(or unset for automatic placement)")
     mcfg = model_config(config.model)
-    if t.seq_len > mcfg.max_seq_len:
+    if t.seq_len > mcfg.max_seq_len and not config.init.checkpoint:  # else its max_seq_len
         raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's max_seq_len="
                          f"{mcfg.max_seq_len}; lower train.seq_len or set "
                          f"--config.model.max_seq_len={t.seq_len}")

@@ -47,6 +47,7 @@ from llama_jax.model.config import LlamaConfig
 from llama_jax.train import carbon, metrics, optim
 from llama_jax.train import checkpoint as ckpt_lib
 from llama_jax.train import config as train_config
+from llama_jax.train import init_checkpoint as init_lib
 from llama_jax.train.data import DataSetup, setup_data
 from llama_jax.train.step import (
     abstract_train_state,
@@ -316,12 +317,17 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
     # The newest step that verifies; a damaged newer one is reported and set aside.
     latest = checkpointer.resume_step(verify=config.checkpoint.verify)
     meta = checkpointer.read_meta(latest) if latest is not None else None
+    init = None
+    if config.init.checkpoint:  # Its shape and tokenizer; its weights only at step 0.
+        init = init_lib.resolve(config, mcfg, load=meta is None,
+                                saved_model=meta["model_config"] if meta else None)
+        mcfg = init.config
     if meta is not None:
         ckpt_lib.check_model_matches(meta["model_config"], mcfg, workdir,
                                      saved_scan_layers=meta.get("scan_layers"))
         check_resumable(meta.get("config", {}), config, workdir)
 
-    data = setup_data(config, mcfg)  # Missing paths / vocab mismatch fail here.
+    data = setup_data(config, mcfg, init.tokenizer_path if init else None)  # Missing paths / vocab mismatch fail here.
     tokenizer_sha256 = integrity.file_sha256(data.tokenizer_path)
     if meta is not None:
         check_same_tokenizer(meta.get("tokenizer_sha256"), tokenizer_sha256,
@@ -347,7 +353,12 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
     else:
         init_rng, rng = jax.random.split(rng)
-        state, shardings = init_train_state(mcfg, tx, mesh, rules, init_rng)
+        if init is not None:
+            state, shardings = init_lib.init_state_from_params(mcfg, tx, mesh, rules, init.params)
+            init.params = None  # The host copy is no longer needed.
+            logging.info("initialised from %s", init.path)
+        else:
+            state, shardings = init_train_state(mcfg, tx, mesh, rules, init_rng)
     start = int(jax.device_get(state.step))
     if start >= t.steps:
         logging.info("workdir %s already holds step %d >= train.steps=%d; nothing to do",
