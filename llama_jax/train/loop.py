@@ -49,6 +49,7 @@ from llama_jax.train import checkpoint as ckpt_lib
 from llama_jax.train import config as train_config
 from llama_jax.train import init_checkpoint as init_lib
 from llama_jax.train.data import DataSetup, setup_data
+from llama_jax.train.sft_data import setup_sft
 from llama_jax.train.step import (
     abstract_train_state,
     global_batch,
@@ -81,7 +82,7 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 # position, the token stream it continues and the optimizer state's structure
 # depend on them. (The tokenizer's content is checked too: `check_same_tokenizer`.)
 RESUME_KEYS = ("train.batch_size", "train.seq_len", "train.on_nonfinite", "data.corpus",
-               "data.sources", "data.seed", "data.num_workers", "data.root", "data.tokenizer")
+               "data.sources", "data.seed", "data.num_workers", "data.root", "data.tokenizer", "data.sft")
 
 
 def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -327,7 +328,8 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
                                      saved_scan_layers=meta.get("scan_layers"))
         check_resumable(meta.get("config", {}), config, workdir)
 
-    data = setup_data(config, mcfg, init.tokenizer_path if init else None)  # Missing paths / vocab mismatch fail here.
+    setup = setup_sft if config.data.corpus == "sft" else setup_data
+    data = setup(config, mcfg, init.tokenizer_path if init else None)  # Missing paths / vocab mismatch fail here.
     tokenizer_sha256 = integrity.file_sha256(data.tokenizer_path)
     if meta is not None:
         check_same_tokenizer(meta.get("tokenizer_sha256"), tokenizer_sha256,

@@ -168,6 +168,16 @@ def loss_sums(params: Any, batch: Batch, model_config: LlamaConfig):
     logits = Llama(model_config).apply(
         {"params": params}, batch["inputs"], positions=batch.get("positions"),
         segment_ids=batch.get("segment_ids"))  # [batch, len, vocab]
+    return masked_nll_sums(logits, batch)
+
+
+def masked_nll_sums(logits: jax.Array, batch: Batch):
+    """(summed cross-entropy of `logits` [batch, len, vocab] over counted tokens, count).
+
+    The counting rule of `loss_sums`: `loss_mask` (if any) times segment id != 0.
+    A step divides the sum by the count of the whole global batch, so positions
+    outside the mask (prompts, template text, padding) get exactly zero gradient.
+    """
     logits = logits.astype(jnp.float32)
     targets = batch["targets"]
     mask = batch.get("loss_mask")
