@@ -54,3 +54,31 @@ def sft_config(root: Path, data: Path, **overrides):
     c.data.sft.path = str(data)
     c.data.sft.format = "chat"
     return c
+
+
+HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+          intermediate_size=96, vocab_size=th.VOCAB, max_position_embeddings=128,
+          rms_norm_eps=1e-5)
+
+
+def make_hf_checkpoint(root: Path, out: Path) -> Path:
+    """A random tiny Llama saved by transformers, with our tokenizer.model beside it."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**HF, initializer_range=0.05))
+    model.save_pretrained(out)
+    shutil.copy(Path(root) / "tok.model", Path(out) / "tokenizer.model")
+    return Path(out)
+
+
+def init_overrides(hf_dir: Path, data: Path) -> dict:
+    """Overrides of `micro_config` for finetuning the HF checkpoint on `data`."""
+    return {"init.checkpoint": str(hf_dir), "data.corpus": "sft", "data.sft.path": str(data),
+            "data.sft.format": "chat", "data.tokenizer": "", "model.dim": None,
+            "model.n_layers": None, "model.n_heads": None, "model.vocab_size": None,
+            "model.multiple_of": None, "model.max_seq_len": None, "train.seq_len": 128,
+            "train.eval_batches": 0}
