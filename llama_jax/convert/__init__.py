@@ -47,11 +47,13 @@ from llama_jax.convert.hf_tokenizer import (
     save_hf_tokenizer,
     save_tokenizer_model,
 )
+from llama_jax.convert.lora_merge import merge_adapters, merge_saved_lora
 from llama_jax.convert.meta import check_shardable, load_meta, save_meta
 from llama_jax.convert.orbax_format import is_orbax_model, load_orbax, save_orbax
-from llama_jax.convert.workdir import is_training_checkpoint, load_params
+from llama_jax.convert.workdir import is_training_checkpoint, load_params, saved_lora
 from llama_jax.data.tokenizer import Tokenizer
 from llama_jax.model.config import LlamaConfig
+from llama_jax.model.lora import LoraConfig
 
 __all__ = [
     "FORMATS",
@@ -132,6 +134,8 @@ def from_pretrained(
     if fmt == "training":
         config, params = load_params(path)
         params = stack_layers(params)
+        if (lora := saved_lora(path)) is not None:  # adapters only: merge into the base
+            config, params = merge_saved_lora(lora, params, config, from_pretrained)
     elif fmt in loaders:
         config, params = loaders[fmt]()
     else:
@@ -170,6 +174,8 @@ def save_pretrained(
     *,
     tokenizer: Tokenizer | str | os.PathLike | None = None,
     progress: bool = True,
+    adapters: Mapping[str, Any] | None = None,
+    lora: LoraConfig | None = None,
 ) -> Path:
     """Write `params` (either layout) as a checkpoint directory at `path`.
 
@@ -190,10 +196,16 @@ def save_pretrained(
         ``transformers.AutoTokenizer`` loads the folder and tokenizes as ours.
         'hf' always writes ``generation_config.json``.
       progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
+      adapters, lora: LoRA adapters of `params` and their `LoraConfig`: merged
+        into the weights (``W + alpha/rank A B``) before writing.
 
     Returns:
       `path` as a Path.
     """
+    if (adapters is None) != (lora is None):
+        raise ConversionError("pass both adapters= and lora= (or neither)")
+    if adapters is not None:
+        params = merge_adapters(params, adapters, lora)
     if format not in FORMATS:
         raise ConversionError(f"format={format!r} is not one of {FORMATS}")
     tok = None if tokenizer is None else load_tokenizer(tokenizer)

@@ -56,6 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
     # None = the preset's value.
     for field in dataclasses.fields(LlamaConfig):
         c.model[field.name] = config_dict.placeholder(_field_type(field))
+    # LoRA (llama_jax/model/lora.py): rank 0 = off (full finetuning). With rank > 0 only
+    # the adapters train and are checkpointed; the base comes from init.checkpoint.
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0
+    c.model.lora.alpha = 16.0  # the update is scaled by alpha / rank
+    c.model.lora.targets = ("wq", "wv")  # projections: wq wk wv wo w1 w2 w3
 
     c.init = ml_collections.ConfigDict()
     # Start from pretrained weights: any checkpoint `from_pretrained` reads (HF, Meta,
@@ -205,7 +211,8 @@ def _paper_sources() -> tuple:
 
 def model_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
     """The `LlamaConfig` of the ``model`` section: preset plus non-None fields."""
-    overrides = {k: v for k, v in model_cfg.items() if k != "preset" and v is not None}
+    overrides = {k: v for k, v in model_cfg.items()
+                 if k not in ("preset", "lora") and v is not None}
     try:
         return get_preset(model_cfg.preset, **overrides)
     except ValueError as e:

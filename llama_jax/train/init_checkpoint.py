@@ -57,7 +57,8 @@ class InitCheckpoint:
 
 def explicit_model_fields(model_section: ml_collections.ConfigDict) -> dict[str, Any]:
     """The ``model.<field>`` values the config sets (None = unset; the preset is ignored)."""
-    return {k: v for k, v in model_section.items() if k != "preset" and v is not None}
+    return {k: v for k, v in model_section.items()
+            if k not in ("preset", "lora") and v is not None}
 
 
 def _overrides(config: ml_collections.ConfigDict, run_config: LlamaConfig) -> dict[str, Any]:
