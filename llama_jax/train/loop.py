@@ -96,8 +96,13 @@ def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workd
             d = d.get(part) if isinstance(d, dict) else None
         return d
 
+    def known(key):  # a key newer than the checkpoint's trainer: not compared
+        parent, _, last = key.rpartition(".")
+        node = get(saved_config, parent) if parent else saved_config
+        return isinstance(node, dict) and last in node
+
     diffs = [f"{k}: checkpoint has {get(saved_config, k)!r}, config asks for {get(now, k)!r}"
-             for k in RESUME_KEYS if get(saved_config, k) != get(now, k)]
+             for k in RESUME_KEYS if known(k) and get(saved_config, k) != get(now, k)]
     if diffs:
         raise ConfigError(
             f"workdir {workdir} cannot resume with these settings:\n  " + "\n  ".join(diffs)
