@@ -42,7 +42,7 @@ def _parse(argv):
 
 
 def test_config_files_exist():
-    assert {p.stem for p in CONFIGS} == {"tiny", "llama"}
+    assert {p.stem for p in CONFIGS} == {"tiny", "llama", "finetune_tiny", "llama_i"}
 
 
 @pytest.mark.parametrize("path,arg", CONFIG_SPECS,

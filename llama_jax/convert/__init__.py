@@ -48,14 +48,16 @@ from llama_jax.convert.hf_tokenizer import (
     save_hf_tokenizer,
     save_tokenizer_model,
 )
+from llama_jax.convert.lora_merge import merge_adapters, merge_saved_lora
 from llama_jax.convert.meta import check_shardable, load_meta, save_meta
 from llama_jax.convert.orbax_format import is_orbax_model, load_orbax, save_orbax
 from llama_jax.convert.overrides import resolve_config
-from llama_jax.convert.sharded_read import load_onto_mesh
+from llama_jax.convert.sharded_read import load_onto_mesh, target_shardings
 from llama_jax.convert.sharded_save import save_hf_sharded, spans_devices
-from llama_jax.convert.workdir import is_training_checkpoint, load_params
+from llama_jax.convert.workdir import is_training_checkpoint, load_params, saved_lora
 from llama_jax.data.tokenizer import Tokenizer
 from llama_jax.model.config import LlamaConfig
+from llama_jax.model.lora import LoraConfig
 from llama_jax.sharding import DEFAULT_RULES, Rules
 
 __all__ = [
@@ -143,15 +145,19 @@ def from_pretrained(
     path = Path(path)
     np_dtype = resolve_dtype(dtype)
     fmt = format or detect_format(path)
-    if mesh is not None:
-        return load_onto_mesh(path, fmt, np_dtype, config_overrides, mesh,
-                              DEFAULT_RULES if rules is None else rules, progress=progress)
+    rules = DEFAULT_RULES if rules is None else rules
+    lora_workdir = fmt == "training" and saved_lora(path) is not None
+    if mesh is not None and not lora_workdir:
+        return load_onto_mesh(path, fmt, np_dtype, config_overrides, mesh, rules,
+                              progress=progress)
     loaders = {"meta": lambda: load_meta(path, np_dtype, progress=progress),
                "hf": lambda: load_hf(path, np_dtype, progress=progress),
                "orbax": lambda: load_orbax(path, np_dtype)}
     if fmt == "training":
         config, params = load_params(path)
         params = stack_layers(params)
+        if (lora := saved_lora(path)) is not None:  # adapters only: merge into the base
+            config, params = merge_saved_lora(lora, params, config, from_pretrained)
     elif fmt in loaders:
         config, params = loaders[fmt]()
     else:
@@ -165,7 +171,10 @@ def from_pretrained(
     target = resolve_dtype(config.param_dtype)
     if stored != config.param_dtype:
         params = jax.tree_util.tree_map(lambda x: x.astype(target), params)
-    return config, to_layout(params, config.scan_layers)
+    params = to_layout(params, config.scan_layers)
+    if mesh is not None:  # a LoRA workdir: merged on the host, then placed
+        params = jax.device_put(params, target_shardings(config, mesh, rules))
+    return config, params
 
 
 def save_pretrained(
@@ -178,6 +187,8 @@ def save_pretrained(
     *,
     tokenizer: Tokenizer | str | os.PathLike | None = None,
     progress: bool = True,
+    adapters: Mapping[str, Any] | None = None,
+    lora: LoraConfig | None = None,
 ) -> Path:
     """Write `params` (either layout) as a checkpoint directory at `path`.
 
@@ -198,6 +209,8 @@ def save_pretrained(
         ``transformers.AutoTokenizer`` loads the folder and tokenizes as ours.
         'hf' always writes ``generation_config.json``.
       progress: a per-tensor tqdm bar for Meta and HF files (drawn on a TTY only).
+      adapters, lora: LoRA adapters of `params` and their `LoraConfig`: merged
+        into the weights (``W + alpha/rank A B``) before writing.
 
     Params spread over several devices or processes (e.g. loaded with
     ``from_pretrained(..., mesh=...)``) are written as 'hf' tensor by tensor
@@ -207,6 +220,10 @@ def save_pretrained(
     Returns:
       `path` as a Path.
     """
+    if (adapters is None) != (lora is None):
+        raise ConversionError("pass both adapters= and lora= (or neither)")
+    if adapters is not None:
+        params = merge_adapters(params, adapters, lora)
     if format not in FORMATS:
         raise ConversionError(f"format={format!r} is not one of {FORMATS}")
     tok = None if tokenizer is None else load_tokenizer(tokenizer)

@@ -126,3 +126,10 @@ def load_params(path: str | Path, *, shardings: Any = None,
         restore_args={"train_state": {"params": restore_args}},
         partial_restore=True))
     return config, out["train_state"]["params"]
+
+
+def saved_lora(path: str | Path, *, verify: bool = True) -> dict | None:
+    """The LoRA record (rank, alpha, targets, base) of a workdir's step, or None.
+
+    A LoRA run's params are its adapters; `from_pretrained` merges them into the base."""
+    return read_meta(_find_step_dir(Path(path), verify)).get("lora")

@@ -19,6 +19,9 @@ import ml_collections
 from ml_collections import config_dict
 
 from llama_jax.data.mixture import paper_mixture
+from llama_jax.data.sft.encode import TOO_LONG, TRAIN_ON
+from llama_jax.data.sft.readers import FORMATS as SFT_FORMATS
+from llama_jax.data.sft.readers import ON_ERROR
 from llama_jax.distributed import ENABLED
 from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig, get_preset
@@ -27,7 +30,7 @@ from llama_jax.train import optim
 
 ON_NONFINITE = ("stop", "skip")
 PROGRESS = ("auto", "bar", "log")
-CORPORA = ("embedded", "sources")
+CORPORA = ("embedded", "sources", "sft")
 DEFAULT_TOKENIZER = "tokenizer.model"  # under data.root when data.tokenizer is empty
 
 # The paper's batch: 4M tokens = 2048 sequences x 2048 tokens (Table 2).
@@ -53,6 +56,19 @@ def base_config() -> ml_collections.ConfigDict:
     # None = the preset's value.
     for field in dataclasses.fields(LlamaConfig):
         c.model[field.name] = config_dict.placeholder(_field_type(field))
+    # LoRA (llama_jax/model/lora.py): rank 0 = off (full finetuning). With rank > 0 only
+    # the adapters train and are checkpointed; the base comes from init.checkpoint.
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0
+    c.model.lora.alpha = 16.0  # the update is scaled by alpha / rank
+    c.model.lora.targets = ("wq", "wv")  # projections: wq wk wv wo w1 w2 w3
+
+    c.init = ml_collections.ConfigDict()
+    # Start from pretrained weights: any checkpoint `from_pretrained` reads (HF, Meta,
+    # orbax, a training workdir). Its shape replaces model.preset (model.* shape overrides
+    # must agree), its tokenizer.model is the run's unless data.tokenizer is set; used at
+    # step 0 only (a resume restores the workdir's own). Empty = random init.
+    c.init.checkpoint = ""
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer updates
@@ -113,6 +129,18 @@ def base_config() -> ml_collections.ConfigDict:
     # <data.root>/tokenizer.model.
     c.data.tokenizer = ""
     c.data.num_workers = 0  # grain worker processes (0 = in the training process)
+    # Instruction finetuning (data.corpus='sft'; docs/finetuning.md): loss on responses only.
+    c.data.sft = ml_collections.ConfigDict()
+    c.data.sft.path = ""  # JSONL file; empty = the embedded instruction set (built on first use)
+    c.data.sft.format = "chat"  # 'alpaca' (instruction/input/output) | 'flan' (inputs/targets)
+    #                             | 'chat' (messages with system/user/assistant turns)
+    # A `llama_jax.chat.template_names()` name or a tokenizer_config.json path; empty =
+    # 'alpaca' for alpaca/flan data, the init checkpoint's own template (else llama2) for chat.
+    c.data.sft.template = ""
+    c.data.sft.train_on = "all"  # loss on 'all' assistant turns | only the 'last'
+    c.data.sft.too_long = "truncate"  # examples over seq_len + 1 tokens: 'truncate' | 'drop'
+    c.data.sft.on_error = "raise"  # a bad line: 'raise' (DataError naming it) | 'skip' (counted)
+    c.data.sft.shuffle = True  # a fresh seeded order every epoch (data.seed)
     c.data.seed = 0  # data order
 
     c.optimizer = ml_collections.ConfigDict()  # AdamW, warm-up then cosine (docs/training.md)
@@ -183,7 +211,8 @@ def _paper_sources() -> tuple:
 
 def model_config(model_cfg: ml_collections.ConfigDict) -> LlamaConfig:
     """The `LlamaConfig` of the ``model`` section: preset plus non-None fields."""
-    overrides = {k: v for k, v in model_cfg.items() if k != "preset" and v is not None}
+    overrides = {k: v for k, v in model_cfg.items()
+                 if k not in ("preset", "lora") and v is not None}
     try:
         return get_preset(model_cfg.preset, **overrides)
     except ValueError as e:
@@ -217,6 +246,14 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
     if config.data.corpus == "sources" and not config.data.sources:
         raise ConfigError("data.corpus='sources' but data.sources is empty; list the sources "
                          "(name/kind/path/weight) in the config file or use data.corpus='embedded'")
+    if config.data.sft.path and config.data.corpus != "sft":
+        raise ConfigError(f"data.sft.path={config.data.sft.path!r} is set but data.corpus="
+                          f"{config.data.corpus!r}; set --config.data.corpus=sft to finetune on it")
+    sft = config.data.sft
+    for key, allowed in (("format", SFT_FORMATS), ("train_on", TRAIN_ON), ("too_long", TOO_LONG),
+                         ("on_error", ON_ERROR)):
+        if sft[key] not in allowed:
+            raise ConfigError(f"data.sft.{key}={sft[key]!r} is not one of {allowed}")
     if config.distributed.enabled not in ENABLED:
         raise ConfigError(f"distributed.enabled={config.distributed.enabled!r} is not one "
                           f"of {ENABLED}")
@@ -239,7 +276,7 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
             raise ConfigError(f"mesh.dcn.{axis}={dcn} must be a positive number of hosts/slices "
                               "(or unset for automatic placement)")
     mcfg = model_config(config.model)
-    if t.seq_len > mcfg.max_seq_len:
+    if t.seq_len > mcfg.max_seq_len and not config.init.checkpoint:  # else its max_seq_len
         raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's max_seq_len="
                          f"{mcfg.max_seq_len}; lower train.seq_len or set "
                          f"--config.model.max_seq_len={t.seq_len}")

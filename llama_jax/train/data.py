@@ -49,7 +49,8 @@ def _resolve(path: str, root: str) -> str:
     return path
 
 
-def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[list[Any], str]:
+def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int,
+                 tokenizer: str | None = None) -> tuple[list[Any], str]:
     """(SourceSpecs, tokenizer path) for the ``data`` section.
 
     The embedded corpus is built on first use (under ``data.root``, default
@@ -58,7 +59,7 @@ def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[
     if data_cfg.corpus == "embedded":
         info = ensure_corpus(root=data_cfg.root or None, vocab_size=vocab_size)
         specs = [s if isinstance(s, SourceSpec) else SourceSpec.from_dict(s) for s in info.sources]
-        tokenizer = data_cfg.tokenizer or str(info.tokenizer_path)
+        tokenizer = tokenizer or data_cfg.tokenizer or str(info.tokenizer_path)
         return specs, tokenizer
     specs = []
     for i, d in enumerate(data_cfg.sources):
@@ -68,6 +69,8 @@ def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[
         if d.get("kind") != "tfds":
             d["path"] = _resolve(d["path"], data_cfg.root)
         specs.append(SourceSpec.from_dict(d))
+    if tokenizer:  # An init checkpoint's.
+        return specs, tokenizer
     if data_cfg.tokenizer:
         return specs, _resolve(data_cfg.tokenizer, data_cfg.root)
     how = ("set --config.data.tokenizer=PATH to the SentencePiece .model for these sources "
@@ -83,10 +86,13 @@ def source_specs(data_cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[
     return specs, default
 
 
-def setup_data(config: ml_collections.ConfigDict, model_config: LlamaConfig) -> DataSetup:
-    """Build sources, tokenizer and held-out eval batches; check them against the model."""
+def setup_data(config: ml_collections.ConfigDict, model_config: LlamaConfig,
+               tokenizer_path: str | None = None) -> DataSetup:
+    """Build sources, tokenizer and held-out eval batches; check them against the model.
+
+    `tokenizer_path` (an init checkpoint's tokenizer) replaces the sources' one."""
     d, t = config.data, config.train
-    specs, tok_path = source_specs(d, model_config.vocab_size)
+    specs, tok_path = source_specs(d, model_config.vocab_size, tokenizer_path)
     if not os.path.isfile(tok_path):
         raise ConfigError(f"tokenizer {tok_path!r} does not exist; set data.tokenizer to a "
                           "SentencePiece .model file")

@@ -47,7 +47,10 @@ from llama_jax.model.config import LlamaConfig
 from llama_jax.train import carbon, metrics, optim
 from llama_jax.train import checkpoint as ckpt_lib
 from llama_jax.train import config as train_config
+from llama_jax.train import init_checkpoint as init_lib
+from llama_jax.train import lora_state as lora_lib
 from llama_jax.train.data import DataSetup, setup_data
+from llama_jax.train.sft_data import setup_sft
 from llama_jax.train.step import (
     abstract_train_state,
     global_batch,
@@ -80,7 +83,8 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 # position, the token stream it continues and the optimizer state's structure
 # depend on them. (The tokenizer's content is checked too: `check_same_tokenizer`.)
 RESUME_KEYS = ("train.batch_size", "train.seq_len", "train.on_nonfinite", "data.corpus",
-               "data.sources", "data.seed", "data.num_workers", "data.root", "data.tokenizer")
+               "data.sources", "data.seed", "data.num_workers", "data.root", "data.tokenizer", "data.sft",
+               "model.lora")
 
 
 def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -92,8 +96,13 @@ def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workd
             d = d.get(part) if isinstance(d, dict) else None
         return d
 
+    def known(key):  # a key newer than the checkpoint's trainer: not compared
+        parent, _, last = key.rpartition(".")
+        node = get(saved_config, parent) if parent else saved_config
+        return isinstance(node, dict) and last in node
+
     diffs = [f"{k}: checkpoint has {get(saved_config, k)!r}, config asks for {get(now, k)!r}"
-             for k in RESUME_KEYS if get(saved_config, k) != get(now, k)]
+             for k in RESUME_KEYS if known(k) and get(saved_config, k) != get(now, k)]
     if diffs:
         raise ConfigError(
             f"workdir {workdir} cannot resume with these settings:\n  " + "\n  ".join(diffs)
@@ -255,13 +264,15 @@ class _Logger:
         self.writer.close()
 
 
-def _evaluate(eval_step, params, data: DataSetup, mesh, rules) -> dict[str, float]:
-    """Held-out loss per source: summed NLL / counted tokens over its eval batches."""
+def _evaluate(eval_step, params: tuple, data: DataSetup, mesh, rules) -> dict[str, float]:
+    """Held-out loss per source: summed NLL / counted tokens over its eval batches.
+
+    `params`: (params,) or, with LoRA, (adapters, base)."""
     out = {}
     for name, batches in data.eval_batches.items():
         total, count = 0.0, 0.0
         for b in batches:
-            m = eval_step(params, global_batch(mesh, b, rules))
+            m = eval_step(params[0], global_batch(mesh, b, rules), *params[1:])
             total += float(m["loss_sum"])
             count += float(m["num_tokens"])
         if count:
@@ -316,12 +327,18 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
     # The newest step that verifies; a damaged newer one is reported and set aside.
     latest = checkpointer.resume_step(verify=config.checkpoint.verify)
     meta = checkpointer.read_meta(latest) if latest is not None else None
+    init, lora = None, lora_lib.lora_from_config(config)
+    if config.init.checkpoint:  # Its shape and tokenizer; its weights at step 0 (LoRA: always).
+        init = init_lib.resolve(config, mcfg, load=meta is None or lora is not None,
+                                saved_model=meta["model_config"] if meta else None)
+        mcfg = init.config
     if meta is not None:
         ckpt_lib.check_model_matches(meta["model_config"], mcfg, workdir,
                                      saved_scan_layers=meta.get("scan_layers"))
         check_resumable(meta.get("config", {}), config, workdir)
 
-    data = setup_data(config, mcfg)  # Missing paths / vocab mismatch fail here.
+    setup = setup_sft if config.data.corpus == "sft" else setup_data
+    data = setup(config, mcfg, init.tokenizer_path if init else None)  # Missing paths / vocab mismatch fail here.
     tokenizer_sha256 = integrity.file_sha256(data.tokenizer_path)
     if meta is not None:
         check_same_tokenizer(meta.get("tokenizer_sha256"), tokenizer_sha256,
@@ -339,24 +356,39 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
     # processes (a collective, at the same steps everywhere) before use.
     gather = _process_allgather if jax.process_count() > 1 else None
 
+    base = ()  # LoRA: the frozen base params, an extra argument of every step
+    if lora is not None:
+        base_sh = lora_lib.base_shardings(mcfg, mesh, rules)
+        base = (lora_lib.place_base(init.params, base_sh, mcfg),)
+        init.params = None
+        lora_init, lora_abstract, lora_sh = lora_lib.lora_state(mcfg, lora, tx, mesh, rules)
     if latest is not None:
-        abstract, shardings = abstract_train_state(mcfg, tx, mesh, rules)
+        abstract, shardings = ((lora_abstract, lora_sh) if lora is not None
+                               else abstract_train_state(mcfg, tx, mesh, rules))
         state, rng, meta = checkpointer.restore(latest, abstract, abstract_rng=rng,
                                                 data_iterator=train_iter)
         stats = SourceStats(data.source_names, meta.get("source_stats"))
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
     else:
         init_rng, rng = jax.random.split(rng)
-        state, shardings = init_train_state(mcfg, tx, mesh, rules, init_rng)
+        if lora is not None:
+            state, shardings = lora_init(init_rng), lora_sh
+        elif init is not None:
+            state, shardings = init_lib.init_state_from_params(mcfg, tx, mesh, rules, init.params)
+            init.params = None  # The host copy is no longer needed.
+            logging.info("initialised from %s", init.path)
+        else:
+            state, shardings = init_train_state(mcfg, tx, mesh, rules, init_rng)
     start = int(jax.device_get(state.step))
     if start >= t.steps:
         logging.info("workdir %s already holds step %d >= train.steps=%d; nothing to do",
                      workdir, start, t.steps)
         return TrainResult("already_done", start, start, None, {}, time.perf_counter() - t0)
 
+    lora_kw = {} if lora is None else {"lora": lora, "base_shardings": base_sh}
     train_step = make_train_step(mcfg, tx, mesh, rules, shardings,
-                                 grad_accum_steps=t.grad_accum_steps)
-    eval_step = make_eval_step(mcfg, mesh, rules, shardings.params)
+                                 grad_accum_steps=t.grad_accum_steps, **lora_kw)
+    eval_step = make_eval_step(mcfg, mesh, rules, shardings.params, **lora_kw)
     log = _Logger(config, mcfg, workdir, start)
     config_json = _config_json(config)
     log.writer.write_run_config(config_json, step=start, metric_tags=(
@@ -366,6 +398,9 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
         stats.sync(gather)
         meta = {"config": config_json, "model_config": mcfg.to_dict(),  # the shape only
                 "scan_layers": mcfg.scan_layers,  # the stored tree's layout
+                # With LoRA the params are adapters on this base (merged on export).
+                "lora": None if lora is None else {**lora.to_dict(),
+                                                   "base": str(Path(init.path).resolve())},
                 "tokens": step * t.batch_size * t.seq_len, "source_stats": stats.state(),
                 "tokenizer_sha256": tokenizer_sha256, "mesh": dict(mesh.shape),
                 "jax_version": jax.__version__}
@@ -390,7 +425,7 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
                 local = next(train_iter)
                 stats.update(local)
                 batch = global_batch(mesh, {k: local[k] for k in data.batch_keys}, rules)
-                state, dev_metrics = train_step(state, batch)
+                state, dev_metrics = train_step(state, batch, *base)
                 step = i + 1
                 tracker.settle()  # The previous step's, while this one runs.
                 data_stats = None
@@ -406,7 +441,7 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
                     tracker.settle(hold=due_eval)  # Never save or evaluate an unchecked state.
                 if due_eval:
                     t_eval = time.perf_counter()
-                    eval_losses = _evaluate(eval_step, state.params, data, mesh, rules)
+                    eval_losses = _evaluate(eval_step, (state.params, *base), data, mesh, rules)
                     log.add_eval(step, eval_losses, time.perf_counter() - t_eval)
                 if stopping or final or checkpointer.should_save(step):
                     save(step, force=True)

@@ -28,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from llama_jax import sharding as shd
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import Llama
+from llama_jax.model.lora import LoraConfig
+from llama_jax.model.lora import merge as merge_lora
 from llama_jax.train.optim import schedule_count
 
 Batch = Mapping[str, jax.Array]
@@ -168,6 +170,16 @@ def loss_sums(params: Any, batch: Batch, model_config: LlamaConfig):
     logits = Llama(model_config).apply(
         {"params": params}, batch["inputs"], positions=batch.get("positions"),
         segment_ids=batch.get("segment_ids"))  # [batch, len, vocab]
+    return masked_nll_sums(logits, batch)
+
+
+def masked_nll_sums(logits: jax.Array, batch: Batch):
+    """(summed cross-entropy of `logits` [batch, len, vocab] over counted tokens, count).
+
+    The counting rule of `loss_sums`: `loss_mask` (if any) times segment id != 0.
+    A step divides the sum by the count of the whole global batch, so positions
+    outside the mask (prompts, template text, padding) get exactly zero gradient.
+    """
     logits = logits.astype(jnp.float32)
     targets = batch["targets"]
     mask = batch.get("loss_mask")
@@ -218,9 +230,11 @@ def _microbatches(batch: Batch, k: int, mesh: Mesh, rules: shd.Rules) -> Batch:
     return {key: split(x) for key, x in batch.items()}
 
 
-def _grads(params, batch, config, k, mesh, rules, param_shardings):
-    """(grads of the summed loss, loss sum, token count), accumulated in f32."""
-    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+def _grads(params, batch, config, k, mesh, rules, param_shardings, loss=None):
+    """(grads of the summed loss, loss sum, token count), accumulated in f32.
+
+    `loss(params, batch, config) -> (sum, count)` defaults to `loss_sums`."""
+    grad_fn = jax.value_and_grad(loss or loss_sums, has_aux=True)
     if k == 1:
         (total, count), grads = grad_fn(params, batch, config)
         return grads, total, count
@@ -238,10 +252,22 @@ def _grads(params, batch, config, k, mesh, rules, param_shardings):
     return grads, total, count
 
 
+def _lora_loss(lora, base):
+    """`loss_sums` of the base params with the adapters (the trained params) merged in."""
+    def loss(adapters, batch, config):
+        return loss_sums(merge_lora(base, adapters, lora), batch, config)
+    return loss
+
+
 def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules: shd.Rules, state_shardings: TrainState, *,
-                    grad_accum_steps: int = 1, donate: bool = True) -> shd.JittedStep:
+                    grad_accum_steps: int = 1, donate: bool = True,
+                    lora: LoraConfig | None = None, base_shardings: Any = None) -> shd.JittedStep:
     """The jitted `step(state, batch) -> (state, metrics)`.
+
+    With `lora`, ``state.params`` are the adapters (`llama_jax.model.lora`) and
+    the step is `step(state, batch, base)`: the frozen base params (sharded as
+    `base_shardings`) get no gradient and no optimizer state.
 
     In/out shardings are explicit (`state_shardings`, `data_sharding` for every
     batch array, replicated metrics); the state is donated. Metrics: `loss`
@@ -260,9 +286,10 @@ def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransfor
     k = grad_accum_steps
     param_shardings = state_shardings.params
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: Batch, base: Any = None):
+        loss = None if lora is None else _lora_loss(lora, base)
         grads, total, count = _grads(state.params, batch, model_config, k, mesh, rules,
-                                     param_shardings)
+                                     param_shardings, loss)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
         grads = jax.lax.with_sharding_constraint(grads, param_shardings)
@@ -278,25 +305,32 @@ def make_train_step(model_config: LlamaConfig, optimizer: optax.GradientTransfor
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
+    in_shardings = (state_shardings, shd.data_sharding(mesh, rules))
+    if lora is not None:
+        in_shardings += (base_shardings,)
     return shd.JittedStep(
-        step, mesh, rules,
-        in_shardings=(state_shardings, shd.data_sharding(mesh, rules)),
+        step, mesh, rules, in_shardings=in_shardings,
         out_shardings=(state_shardings, shd.replicated(mesh)),
         donate_argnums=(0,) if donate else ())
 
 
 def make_eval_step(model_config: LlamaConfig, mesh: Mesh, rules: shd.Rules,
-                   param_shardings: Any) -> shd.JittedStep:
+                   param_shardings: Any, lora: LoraConfig | None = None,
+                   base_shardings: Any = None) -> shd.JittedStep:
     """The jitted `eval_step(params, batch) -> {'loss_sum', 'num_tokens'}`
-    (sums, so a caller can add them over batches and divide once)."""
+    (sums, so a caller can add them over batches and divide once); with
+    `lora`, `eval_step(adapters, batch, base)`."""
 
-    def evaluate(params, batch):
-        total, count = loss_sums(params, batch, model_config)
+    def evaluate(params, batch, base=None):
+        loss = loss_sums if lora is None else _lora_loss(lora, base)
+        total, count = loss(params, batch, model_config)
         return {"loss_sum": total, "num_tokens": count}
 
-    return shd.JittedStep(evaluate, mesh, rules,
-                      in_shardings=(param_shardings, shd.data_sharding(mesh, rules)),
-                      out_shardings=shd.replicated(mesh))
+    in_shardings = (param_shardings, shd.data_sharding(mesh, rules))
+    if lora is not None:
+        in_shardings += (base_shardings,)
+    return shd.JittedStep(evaluate, mesh, rules, in_shardings=in_shardings,
+                          out_shardings=shd.replicated(mesh))
 
 
 # --------------------------------------------------------------------------
