@@ -23,7 +23,7 @@ import numpy as np
 from llama_jax.data import mixture
 from llama_jax.data.corpus import ensure_corpus
 from llama_jax.data.sources import SourceSpec
-from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.data.tokenizer import load_tokenizer
 from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.train.config import DEFAULT_TOKENIZER
@@ -95,8 +95,8 @@ def setup_data(config: ml_collections.ConfigDict, model_config: LlamaConfig,
     specs, tok_path = source_specs(d, model_config.vocab_size, tokenizer_path)
     if not os.path.isfile(tok_path):
         raise ConfigError(f"tokenizer {tok_path!r} does not exist; set data.tokenizer to a "
-                          "SentencePiece .model file")
-    tokenizer = Tokenizer.load(tok_path)
+                          "tokenizer.model (SentencePiece) or tokenizer.json file")
+    tokenizer = load_tokenizer(tok_path)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ConfigError(
             f"the tokenizer {tok_path} has {tokenizer.vocab_size} pieces but the model's "

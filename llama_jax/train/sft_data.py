@@ -21,7 +21,7 @@ from llama_jax.data.sft.embedded import ensure_instructions
 from llama_jax.data.sft.encode import EncodeStats, encode_example, fit_examples
 from llama_jax.data.sft.pack import SFTIterator
 from llama_jax.data.sft.readers import ReadStats, read_jsonl
-from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.data.tokenizer import load_tokenizer
 from llama_jax.errors import ConfigError, DataError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.train.data import DataSetup
@@ -92,8 +92,8 @@ def setup_sft(config: ml_collections.ConfigDict, model_config: LlamaConfig,
                           "(its tokenizer.model) or --config.data.tokenizer=PATH")
     if not os.path.isfile(tok_path):
         raise ConfigError(f"tokenizer {tok_path!r} does not exist; set data.tokenizer to a "
-                          "SentencePiece .model file")
-    tokenizer = Tokenizer.load(tok_path)
+                          "tokenizer.model (SentencePiece) or tokenizer.json file")
+    tokenizer = load_tokenizer(tok_path)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ConfigError(f"the tokenizer {tok_path} has {tokenizer.vocab_size} pieces but the "
                           f"model's vocab_size is {model_config.vocab_size}")
