@@ -25,8 +25,9 @@ TABLE2 = {
     "65b": dict(lr=1.5e-4, tokens=1.4e12, dim=8192, n_heads=64, n_layers=80),
 }
 # Every config file with its arguments: (path, arg or None).
-CONFIG_SPECS = [(p, arg) for p in CONFIGS
-                for arg in (sorted(TABLE2) if p.stem == "llama" else [None])]
+ARGS = {"llama": sorted(TABLE2), "context_extend": ["7b", "65b,yarn"],
+        "context_extend_tiny": [None, "yarn"]}
+CONFIG_SPECS = [(p, arg) for p in CONFIGS for arg in ARGS.get(p.stem, [None])]
 TABLE1 = {"commoncrawl": 67.0, "c4": 15.0, "github": 4.5, "wikipedia": 4.5, "books": 4.5,
           "arxiv": 2.5, "stackexchange": 2.0}
 
@@ -42,7 +43,8 @@ def _parse(argv):
 
 
 def test_config_files_exist():
-    assert {p.stem for p in CONFIGS} == {"tiny", "llama", "finetune_tiny", "llama_i"}
+    assert {p.stem for p in CONFIGS} == {"tiny", "llama", "finetune_tiny", "llama_i",
+                                        "context_extend", "context_extend_tiny"}
 
 
 @pytest.mark.parametrize("path,arg", CONFIG_SPECS,
@@ -56,7 +58,7 @@ def test_every_config_loads_locked_and_validates(path, arg):
     assert load_config_file(spec).to_dict() == config.to_dict()  # without flags too
     text = path.read_text()
     command = f"configs/{path.name}:{arg}" if arg else f"configs/{path.name}"
-    if arg in (None, "7b"):  # the docstring shows the command (for llama.py, its 7B form)
+    if arg in (None, "7b"):  # the docstring shows the command (for a size, its 7B form)
         assert f"python -m llama_jax.train --config={command} " in text
 
 

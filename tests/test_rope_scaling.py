@@ -8,6 +8,7 @@ every attention path (xla, pallas interpret, ring), and Meta's
 
 import functools
 import json
+import pathlib
 import shutil
 
 import jax
@@ -23,6 +24,7 @@ from llama_jax.infer.engine import Generator
 from llama_jax.model import Llama, LlamaConfig, init_params
 from llama_jax.model.rope import inverse_frequencies
 from llama_jax.train import config as train_config
+from llama_jax.train import load_config_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -317,3 +319,16 @@ def test_a_longer_run_time_context_keeps_the_original_length(tmp_path):
     assert (longer.max_seq_len, longer.rope_original_len) == (256, 64)
     np.testing.assert_array_equal(np.asarray(inverse_frequencies(longer)[0]),
                                   np.asarray(inverse_frequencies(cfg)[0]))
+
+
+def test_context_extension_keeps_the_checkpoints_length_as_the_original(tmp_path):
+    """Scaling added on top of an unscaled checkpoint (configs/context_extend*.py)."""
+    cfg = LlamaConfig(dim=64, n_layers=1, n_heads=4, vocab_size=8, max_seq_len=64)
+    save_pretrained(cfg, init_params(cfg, jax.random.key(0)), tmp_path / "ckpt")
+    extended, _ = from_pretrained(tmp_path / "ckpt", config_overrides=dict(
+        max_seq_len=256, rope_scaling_type="yarn", rope_scaling_factor=4.0))
+    assert (extended.max_seq_len, extended.rope_original_len) == (256, 64)
+    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    for name in ("context_extend_tiny.py", "context_extend.py:7b"):
+        run = train_config.validate(load_config_file(f"{configs / name}"))
+        assert run.rope_scaling_type == "linear" and run.rope_scaling_factor == 4.0

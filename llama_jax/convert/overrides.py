@@ -33,9 +33,10 @@ def resolve_config(config: LlamaConfig, stored: str | None, np_dtype: np.dtype |
             raise ConversionError(f"dtype={np_dtype.name!r} conflicts with config_overrides "
                                   f"param_dtype={overrides['param_dtype']!r}")
         overrides["param_dtype"] = np_dtype.name
-    if ("max_seq_len" in overrides and config.rope_scaling_type is not None
-            and config.rope_original_max_seq_len is None):
-        # A longer context at run time must not move the scaling's original length.
+    scaled = overrides.get("rope_scaling_type", config.rope_scaling_type) is not None
+    if ("max_seq_len" in overrides and scaled and config.rope_original_max_seq_len is None):
+        # A longer context (at run time, or extended by scaling) keeps the length
+        # the checkpoint was trained at as the scaling's original one.
         overrides.setdefault("rope_original_max_seq_len", config.max_seq_len)
     try:
         config = config.replace(**overrides)

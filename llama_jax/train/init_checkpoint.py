@@ -7,9 +7,11 @@ The run then takes from it:
 - the model's shape (every `LlamaConfig` shape field). A ``model.<field>``
   override that disagrees is a `ConfigError` naming both values; the run
   options (``dtype``, ``attention_impl``, ``remat_policy``, ``scan_layers``),
-  ``max_seq_len`` (RoPE has no parameters) and ``param_dtype`` stay the run's
-  to choose. ``param_dtype`` defaults to float32 master weights, whatever
-  the checkpoint stores (a bf16 release is upcast);
+  ``max_seq_len`` and the ``rope_*`` fields (RoPE has no parameters: context
+  extension sets them, the scaling's original length defaulting to the
+  checkpoint's ``max_seq_len``) and ``param_dtype`` stay the run's to choose.
+  ``param_dtype`` defaults to float32 master weights, whatever the checkpoint
+  stores (a bf16 release is upcast);
 - the tokenizer: ``data.tokenizer`` if set, else the ``tokenizer.model``
   `find_tokenizer` finds for PATH;
 - the parameters, at step 0 only: a run that resumes from its own workdir's
@@ -40,8 +42,10 @@ from llama_jax.errors import ConfigError, LlamaJaxError
 from llama_jax.model.config import RUN_OPTIONS, LlamaConfig
 from llama_jax.train.step import TrainState, abstract_train_state
 
-# model.* keys a run may set on top of an init checkpoint (everything else is its shape).
-OVERRIDABLE = (*RUN_OPTIONS, "max_seq_len", "param_dtype")
+# model.* keys a run may set on top of an init checkpoint (everything else is its shape):
+# the context length and RoPE's scaling have no parameters (context extension sets them).
+ROPE_FIELDS = tuple(f.name for f in dataclasses.fields(LlamaConfig) if f.name.startswith("rope_"))
+OVERRIDABLE = (*RUN_OPTIONS, "max_seq_len", "param_dtype", *ROPE_FIELDS)
 MASTER_DTYPE = "float32"
 
 
