@@ -93,11 +93,14 @@ flags.DEFINE_list("passkey_lengths", None, "passkey: prompt lengths in tokens (d
 flags.DEFINE_list("passkey_depths", [str(d) for d in _OPT.passkey_depths],
                   "passkey: depths of the key in the filler, 0 (first) to 1 (last).")
 flags.DEFINE_integer("passkey_samples", _OPT.passkey_samples, "passkey: keys per length and depth.")
+flags.DEFINE_string("chat_template", None, "Render prompts with this chat template (alpaca, llama2, "
+                    "chatml or a tokenizer_config.json), as lm-eval's --apply_chat_template.")
 flags.DEFINE_integer("max_seq_len", None, "Score up to this many positions, past the checkpoint's "
                      "max_seq_len if need be (a run option, for long-context tasks).")
 _OPTION_FLAGS = ("gsm8k_samples", "gsm8k_temperature", "code_samples", "code_temperature",
                  "max_gen_tokens", "sandbox_workers", "sandbox_timeout_s", "perplexity_corpus",
-                 "position_bucket", "passkey_lengths", "passkey_depths", "passkey_samples")
+                 "position_bucket", "passkey_lengths", "passkey_depths", "passkey_samples",
+                 "chat_template")
 flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSON.")
 
 

@@ -362,8 +362,12 @@ def generate_text(
     truncate_left: bool = False,
     progress: bool | None = None,
     desc: str = "generating",
+    encode: Callable[[str], list[int]] | None = None,
 ) -> list[list[str]]:
     """Text continuations of text `prompts` (cut at the first stop string).
+
+    `encode` turns a prompt into ids (default: the tokenizer's, with BOS
+    when `add_bos`); chat-rendered prompts pass `encode_rendered`.
 
     A prompt longer than ``max_seq_len - max_new_tokens`` tokens is an error
     naming the lengths, unless `truncate_left`: then it keeps only its last
@@ -371,7 +375,8 @@ def generate_text(
     prompts were cut. A prompt with no tokens (empty, without BOS) is an
     error. `progress` and `desc`: the bar of `Generator.generate_tokens`.
     """
-    ids = [tokenizer.encode(p, bos=add_bos, eos=False) for p in prompts]
+    ids = [encode(p) if encode is not None else tokenizer.encode(p, bos=add_bos, eos=False)
+           for p in prompts]
     for i, p in enumerate(ids):
         if not p:
             raise ValueError(f"prompt {i} ({prompts[i]!r}) has no tokens without BOS (--nobos); "

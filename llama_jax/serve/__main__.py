@@ -23,7 +23,8 @@ from absl import app, flags, logging
 
 from llama_jax.cli import run_cli, user_errors
 from llama_jax.convert import from_pretrained
-from llama_jax.data.tokenizer import Tokenizer
+from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
+from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.errors import ConfigError
 from llama_jax.infer import placement
 from llama_jax.serve.app import create_app
@@ -33,7 +34,7 @@ from llama_jax.serve.slots import DEFAULT_BUCKETS, SlotEngine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory (Meta, HF, orbax or training workdir).")
-flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model (default: <checkpoint>/tokenizer.model).")
+flags.DEFINE_string("tokenizer", None, "tokenizer.model or tokenizer.json (default: the checkpoint's own).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind (127.0.0.1: this machine only).")
 flags.DEFINE_integer("port", 8000, "Port to listen on.")
 flags.DEFINE_integer("slots", 8, "Decode slots: requests decoded together in every step.")
@@ -66,13 +67,14 @@ def _is_loopback(host: str) -> bool:
 def build(checkpoint: str, tokenizer_path: str | None = None, **kw):
     """(app, scheduler) for a checkpoint: what `main` serves; keywords as the flags."""
     with user_errors():
-        tokenizer = Tokenizer.load(tokenizer_path or os.path.join(checkpoint, "tokenizer.model"))
+        tokenizer, _ = checkpoint_tokenizer(checkpoint, tokenizer_path)
         overrides = {"attention_impl": kw.get("attention_impl", "auto")}
         if kw.get("dtype"):
             overrides["dtype"] = kw["dtype"]
         mesh = placement.parse_mesh(kw.get("mesh"))
         config, params = from_pretrained(checkpoint, dtype=kw.get("dtype"),
                                          config_overrides=overrides)
+        check_tokenizer_fits(tokenizer, config.vocab_size, f"checkpoint {checkpoint}")
         chat = ChatEncoder(tokenizer, kw.get("chat_template"), checkpoint=checkpoint)
         buckets = [int(b) for b in kw.get("prefill_buckets", DEFAULT_BUCKETS)]
         engine = SlotEngine(config, params, slots=kw.get("slots", 8),

@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from llama_jax.chat.templates import ChatTemplate, encode_rendered, get_template
 from llama_jax.errors import ConfigError
 
 
@@ -54,6 +55,12 @@ class EvalOptions:
         quarter, a half and all of the scorer's max_len).
       passkey_depths: where the pass key sits in the filler, 0 (start) to 1 (end).
       passkey_samples: prompts (pass keys) per length and depth.
+      chat_template: render every prompt with this chat template (a name of
+        `llama_jax.chat.templates.template_names` or a tokenizer_config.json),
+        as lm-evaluation-harness's ``--apply_chat_template``: the whole
+        context (few-shot examples included) is one user turn, followed by
+        the template's generation prompt; the continuation is scored (or
+        generated) after it. None: plain text prompts with BOS.
     """
 
     gsm8k_samples: int = 1
@@ -73,9 +80,12 @@ class EvalOptions:
     passkey_lengths: tuple[int, ...] | None = None
     passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     passkey_samples: int = 5
+    chat_template: str | None = None
 
     def __post_init__(self):
         _check_long_context(self)
+        if self.chat_template is not None:
+            get_template(self.chat_template)  # an unknown name: ConfigError naming the names
         at_least_one = ("gsm8k_samples", "gsm8k_max_new_tokens", "qa_max_new_tokens",
                         "code_samples", "code_max_new_tokens", "sandbox_workers")
         for name in at_least_one + ("max_gen_tokens",):
@@ -155,11 +165,21 @@ class EvalContext:
     label: str = ""
     _scorer: Any = None
     _generator: Any = None
+    _chat: Any = None
 
     def __post_init__(self):
         if not isinstance(self.options, EvalOptions):
             raise TypeError(f"EvalContext.options must be an EvalOptions, got "
                             f"{type(self.options).__name__}")
+
+    @property
+    def chat(self) -> ChatTemplate | None:
+        """The options' chat template bound to this tokenizer's bos/eos, or None."""
+        if self.options.chat_template is None:
+            return None
+        if self._chat is None:
+            self._chat = get_template(self.options.chat_template, tokenizer=self.tokenizer)
+        return self._chat
 
     @property
     def scorer(self):
@@ -203,14 +223,24 @@ class Task:
     needs_data: bool = True
 
 
-def encode_pair(tokenizer: TokenizerLike, context: str, continuation: str
-                ) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer: TokenizerLike, context: str, continuation: str,
+                chat: ChatTemplate | None = None) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation) as lm-evaluation-harness makes them.
 
     Trailing whitespace of the context moves to the continuation; the continuation's
     ids are the tail of ``encode(context + continuation)`` after
     ``len(encode(context))`` tokens; the context starts with BOS.
+
+    With `chat`, the context becomes the prompt of one user turn
+    (`chat_prompt`) and the continuation's ids are the tail of the
+    rendered prompt plus the continuation.
     """
+    if chat is not None:
+        prompt = chat_prompt(chat, context)
+        ctx = encode_rendered(tokenizer, prompt)
+        whole = encode_rendered(tokenizer, prompt + continuation)
+        cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else []
+        return ctx, cont or tokenizer.encode(continuation, bos=False, eos=False)
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
@@ -222,6 +252,11 @@ def encode_pair(tokenizer: TokenizerLike, context: str, continuation: str
         # The continuation merged into the context's last token; score its text alone.
         cont = tokenizer.encode(continuation, bos=False, eos=False)
     return [tokenizer.bos_id, *ctx], cont
+
+
+def chat_prompt(chat: ChatTemplate, context: str) -> str:
+    """`context` (its trailing whitespace dropped) as one user turn with the generation prompt."""
+    return chat.render([{"role": "user", "content": context.rstrip()}], add_generation_prompt=True)
 
 
 def sample_fewshot(pool: Sequence[Any], k: int, rng: random.Random, exclude: Any = None,

@@ -18,9 +18,10 @@ from typing import Any
 
 from absl import logging
 
+from llama_jax.chat.templates import encode_rendered
 from llama_jax.eval import metrics
 from llama_jax.eval.tasks import readers
-from llama_jax.eval.tasks.base import EvalContext, Task, apply_limit, sample_fewshot
+from llama_jax.eval.tasks.base import EvalContext, Task, apply_limit, chat_prompt, sample_fewshot
 from llama_jax.eval.tasks.readers import DataError, get_field, require
 from llama_jax.infer.engine import GREEDY, SamplingConfig, generate_text
 
@@ -43,9 +44,18 @@ def run_generation(ctx: EvalContext, prompts: list[str], *, max_new_tokens: int,
     if max_new > cap:
         logging.warning("max_new_tokens %d capped at %d (half of max_seq_len)", max_new, cap)
         max_new = cap
+    encode = None
+    if ctx.chat is not None:  # each prompt as one user turn (lm-eval's --apply_chat_template)
+        chat, tok = ctx.chat, ctx.tokenizer
+        prompts = [chat_prompt(chat, p) for p in prompts]
+        stop = (*stop, *chat.stop_strings)
+
+        def encode(text):
+            return encode_rendered(tok, text)
     return generate_text(generator, ctx.tokenizer, prompts, max_new_tokens=max_new,
                          sampling=sampling, num_samples=num_samples, stop=stop, seed=ctx.seed,
-                         truncate_left=True, progress=ctx.progress, desc=ctx.label or "generating")
+                         truncate_left=True, progress=ctx.progress, desc=ctx.label or "generating",
+                         encode=encode)
 
 
 # ----- closed-book QA ----------------------------------------------------------

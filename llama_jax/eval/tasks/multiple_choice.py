@@ -109,7 +109,7 @@ def evaluate_multiple_choice(
         desc = description(doc) if callable(description) else description
         prefix = desc + "".join(s.fewshot_text() + FEWSHOT_DELIMITER for s in shots)
         start = len(requests)
-        requests.extend(encode_pair(tok, c, x) for c, x in build_requests(doc, prefix))
+        requests.extend(encode_pair(tok, c, x, ctx.chat) for c, x in build_requests(doc, prefix))
         spans.append((start, len(requests)))
     uncond_index: dict[str, int] = {}
     if unconditional:
@@ -118,7 +118,7 @@ def evaluate_multiple_choice(
                 if c not in uncond_index:
                     uncond_index[c] = len(requests)
                     requests.append(encode_pair(tok, UNCONDITIONAL_CONTEXT,
-                                                TARGET_DELIMITER + c))
+                                                TARGET_DELIMITER + c, ctx.chat))
     scores = [r.logprob for r in ctx.scorer.loglikelihood(
         requests, progress=ctx.progress, desc=ctx.label or "scoring")] if requests else []
 
