@@ -10,7 +10,9 @@ over every position, random tokens (a fixed seed). Variants:
   user would cast), HF torch.compile f32.
 
 Runs alternate between the variants (one timed step of each per round, after
-warm-up steps) so load on a shared machine hits all alike. Also measured in
+warm-up steps) so load on a shared machine hits all alike; each variant runs
+in its own process (see `bench_shape`: PyTorch slows a following XLA step in
+the same process). Also measured in
 the same run: a 2048x2048 f32 matmul in XLA and in PyTorch, the machine's
 rate to set the achieved GFLOP/s against. FLOPs per token:
 `llama_jax.train.metrics.flops_per_token` (6 N + 6 L T d).
@@ -24,6 +26,7 @@ JSON: benchmarks/results/train_step.json.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import time
 
 import jax
@@ -135,25 +138,58 @@ def make(variant: str, config: LlamaConfig, tokens: np.ndarray):
             "hf_compile_f32": lambda: hf(config, tokens, torch.float32, True)}[variant]()
 
 
-def bench_shape(name: str, variants, rounds: int, warmup: int) -> dict:
-    config, batch, seq = SHAPES[name]
+def _worker(conn, variant: str, shape: str) -> None:
+    """One variant in its own process: warm up, then one timed step per request."""
+    config, batch, seq = SHAPES[shape]
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq + 1))
-    steps, rates, first = {}, {v: [] for v in variants}, {}
-    for v in variants:
-        steps[v] = make(v, config, tokens)
-        first[v] = steps[v]()  # compile / warm-up
-        for _ in range(warmup - 1):
-            steps[v]()
-    for _ in range(rounds):
-        for v in variants:
-            t0 = time.perf_counter()
-            steps[v]()
-            rates[v].append(batch * seq / (time.perf_counter() - t0))
+    step = make(variant, config, tokens)
+    warmup = conn.recv()
+    first = step()  # compile / warm-up
+    for _ in range(warmup - 1):
+        step()
+    conn.send(first)
+    while conn.recv():
+        t0 = time.perf_counter()
+        step()
+        conn.send(time.perf_counter() - t0)
+
+
+def bench_shape(name: str, variants, rounds: int, warmup: int, settle: float = 1.0) -> dict:
+    """Each variant in its own process, one timed step of each per round.
+
+    Separate processes, because running PyTorch in a process slows XLA's
+    CPU step that follows in the same process by up to ~40% (measured on the
+    2-core machine, shape b: 505-530 tokens/s before the first torch step,
+    318-450 after, still after a 2 s pause), which would bias a same-process
+    comparison against us. Only one process computes at any time, and each
+    timed step starts `settle` seconds after the previous one ended: OpenMP
+    threads of PyTorch (and of torch.compile's kernels) spin-wait after a
+    parallel region, and a step started at once shares the cores with them.
+    """
+    config, batch, seq = SHAPES[name]
+    ctx = mp.get_context("spawn")
+    workers, rates, first = {}, {v: [] for v in variants}, {}
+    try:
+        for v in variants:  # warm up one at a time: no overlap
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, v, name), daemon=True)
+            proc.start()
+            parent.send(warmup)
+            first[v] = parent.recv()
+            workers[v] = (proc, parent)
+        for _ in range(rounds):
+            for v in variants:
+                time.sleep(settle)  # let the last variant's worker threads stop spinning
+                workers[v][1].send(True)
+                rates[v].append(batch * seq / workers[v][1].recv())
+    finally:
+        for proc, conn in workers.values():
+            conn.send(False)
+            proc.join(timeout=30)
     fpt = flops_per_token(config, seq)
-    out = {"batch": batch, "seq": seq, "flops_per_token": fpt, "first_loss": first,
-           "variants": {v: {**stats(r), "gflops": np.median(r) * fpt / 1e9}
-                        for v, r in rates.items()}}
-    return out
+    return {"batch": batch, "seq": seq, "flops_per_token": fpt, "first_loss": first,
+            "variants": {v: {**stats(r), "gflops": np.median(r) * fpt / 1e9}
+                         for v, r in rates.items()}}
 
 
 def main():
