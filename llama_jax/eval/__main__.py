@@ -41,7 +41,7 @@ from llama_jax.eval.runner import build_context, check_batch_size, evaluate
 from llama_jax.eval.tasks import EvalOptions, parse_task_list
 from llama_jax.eval.tasks.base import check_limit
 from llama_jax.fileio import atomic_write
-from llama_jax.infer import placement
+from llama_jax.infer import placement, run_flags  # noqa: F401 (run_flags: --mesh, --dtype, ...)
 from llama_jax.model import count_params
 
 FLAGS = flags.FLAGS
@@ -57,17 +57,6 @@ flags.DEFINE_string("output", "results.json", "Where to write the JSON results."
 flags.DEFINE_string("markdown", None, "Where to write the markdown table (default: output with .md).")
 flags.DEFINE_integer("batch_size", 8, "Rows per compiled scoring / generation batch.")
 flags.DEFINE_integer("max_len", None, "Longest scored sequence (default: the model's max_seq_len).")
-flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
-flags.DEFINE_string("mesh_rules", None, "Logical-axis rule overrides, 'name=axis[+axis],name=' "
-                    "(see llama_jax.sharding.make_rules).")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (as "
-                    "training's distributed.coordinator_address; SLURM/MPI/TPU are detected).")
-flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes run this command.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                  "Cast weights and compute to this dtype (default: weights as stored, compute in float32).")
-flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
-                  "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_integer("seed", 0, "Seed for few-shot sampling and generation.")
 _OPT = EvalOptions()  # the flags' defaults are the options' own
 flags.DEFINE_integer("gsm8k_samples", _OPT.gsm8k_samples,

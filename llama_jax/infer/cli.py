@@ -37,7 +37,7 @@ from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
 from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.errors import ConfigError, DataError
 from llama_jax.eval.tasks.readers import read_jsonl
-from llama_jax.infer import placement
+from llama_jax.infer import placement, run_flags  # noqa: F401 (run_flags: --mesh, --dtype, ...)
 from llama_jax.infer.engine import Generator, SamplingConfig, generate_text
 
 FLAGS = flags.FLAGS
@@ -54,17 +54,6 @@ flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
 flags.DEFINE_multi_string("stop", [], "Stop string (repeatable); output is cut before it.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 8, "Rows decoded together.")
-flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor,sequence (default: 1,-1,1,1).")
-flags.DEFINE_string("mesh_rules", None, "Logical-axis rule overrides, 'name=axis[+axis],name=' "
-                    "(see llama_jax.sharding.make_rules).")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (as "
-                    "training's distributed.coordinator_address; SLURM/MPI/TPU are detected).")
-flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes run this command.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                  "Cast weights and compute to this dtype (default: weights as stored, compute in float32).")
-flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "pallas", "cudnn", "ring"],
-                  "How attention runs (a run option; never read from the checkpoint).")
 flags.DEFINE_bool("bos", True, "Start each prompt with BOS.")
 flags.DEFINE_string("output", None, "Write JSON Lines {prompt, sample, text} here.")
 flags.DEFINE_bool("truncate", False, "Keep only the last tokens of a prompt longer than "
