@@ -25,7 +25,7 @@ from llama_jax.errors import ConfigError
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.llama import Llama
 from llama_jax.model.lora import LoraConfig, init_adapters
-from llama_jax.train.step import TrainState, _opt_state_shardings
+from llama_jax.train.step import TrainState, sharded_abstract_state
 
 
 def lora_from_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
@@ -82,13 +82,7 @@ def lora_state(model_config: LlamaConfig, lora: LoraConfig,
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     with shd.activate(mesh, rules):
         abstract = jax.eval_shape(init, rng)
-    param_shardings = shd.logical_shardings(abstract.params, mesh, rules)
-    shardings = TrainState(
-        step=shd.replicated(mesh), params=param_shardings,
-        opt_state=_opt_state_shardings(abstract.opt_state, param_shardings, mesh, rules))
-    unboxed = nn.meta.unbox(abstract)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         unboxed, shardings)
+    state, shardings = sharded_abstract_state(abstract, mesh, rules)
     jitted = shd.JittedStep(lambda r: nn.meta.unbox(init(r)), mesh, rules,
                             out_shardings=shardings)
     return jitted, state, shardings

@@ -116,6 +116,15 @@ def _abstract(config, optimizer, mesh, rules):
         except Exception:  # noqa: BLE001 - an optimizer that cannot see flax boxes
             boxed = False
             abstract = jax.eval_shape(_init_fn(config, optimizer, False), rng)
+    state, shardings = sharded_abstract_state(abstract, mesh, rules)
+    return state, shardings, boxed
+
+
+def sharded_abstract_state(abstract: TrainState, mesh: Mesh, rules: shd.Rules):
+    """(abstract unboxed state with shardings, state shardings) of a boxed abstract state.
+
+    Params shard by their logical names; the optimizer state follows the params.
+    """
     param_shardings = shd.logical_shardings(abstract.params, mesh, rules)
     shardings = TrainState(
         step=shd.replicated(mesh), params=param_shardings,
@@ -123,7 +132,7 @@ def _abstract(config, optimizer, mesh, rules):
     unboxed = nn.meta.unbox(abstract)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          unboxed, shardings)
-    return state, shardings, boxed
+    return state, shardings
 
 
 def init_train_state(model_config: LlamaConfig, optimizer: optax.GradientTransformation,
