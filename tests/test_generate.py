@@ -234,3 +234,14 @@ def test_samples_share_one_prefill(model, prompts, scan_layers):
     # Greedy samples of one prompt are its single greedy continuation.
     one = shared.generate_tokens(prompts[2:3], max_new_tokens=NEW, num_samples=16)[0]
     assert one == [shared.generate_tokens(prompts[2:3], max_new_tokens=NEW)[0][0]] * 16
+
+
+def test_several_end_ids_each_stop_a_row(generator, prompts):
+    """Llama 3 ends at <|end_of_text|> or <|eot_id|>: any id of `eos_id` stops a row."""
+    free = generator.generate_tokens(prompts, max_new_tokens=NEW)
+    ends = (free[0][0][2], free[1][0][3])  # ids the rows emit at steps 2 and 3
+    out = generator.generate_tokens(prompts, max_new_tokens=NEW, eos_id=ends)
+    for got, want in zip(out, free, strict=True):
+        first = next((i for i, t in enumerate(want[0]) if t in ends), len(want[0]))
+        assert got[0] == want[0][:first]
+    assert len(out[0][0]) <= 2 and len(out[1][0]) <= 3

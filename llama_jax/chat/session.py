@@ -15,7 +15,14 @@ from collections.abc import Callable
 
 from llama_jax.chat.templates import ChatTemplate, encode_rendered
 from llama_jax.errors import DataError
-from llama_jax.infer.engine import GREEDY, ContinuationDecoder, Generator, SamplingConfig, truncate_at_stop
+from llama_jax.infer.engine import (
+    GREEDY,
+    ContinuationDecoder,
+    Generator,
+    SamplingConfig,
+    end_ids,
+    truncate_at_stop,
+)
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -106,7 +113,7 @@ class ChatSession:
 
         out = self.generator.generate_tokens(
             [ids], max_new_tokens=self.max_new_tokens, sampling=self.sampling,
-            eos_id=self.tokenizer.eos_id, seed=self.seed, is_finished=finished, progress=False)
+            eos_id=end_ids(self.tokenizer), seed=self.seed, is_finished=finished, progress=False)
         text = truncate_at_stop(decode(0, out[0][0]), stops)
         emit(text, final=True)
         self.seed += 1

@@ -159,7 +159,7 @@ class Generator:
             tok = sample_logits(s["logits"], step_keys, sampling)  # [batch]
             tok = jnp.where(s["done"], 0, tok)
             out = jax.lax.dynamic_update_slice(s["out"], tok[:, None], (0, s["step"]))
-            done = s["done"] | (tok == eos_id)
+            done = s["done"] | jnp.any(tok[:, None] == eos_id[None, :], axis=-1)  # [batch]
             logits, mutated = self._model.apply(
                 {"params": params, "cache": s["cache"]}, tok[:, None],
                 positions=s["pos"][:, None],
@@ -183,7 +183,7 @@ class Generator:
         max_new_tokens: int,
         sampling: SamplingConfig = GREEDY,
         num_samples: int = 1,
-        eos_id: int | None = None,
+        eos_id: int | Sequence[int] | None = None,
         seed: int = 0,
         is_finished: Callable[[int, list[int]], bool] | None = None,
         progress: bool | None = None,
@@ -196,7 +196,8 @@ class Generator:
           max_new_tokens: most tokens generated per row.
           sampling: greedy / temperature / top-k / top-p.
           num_samples: continuations per prompt.
-          eos_id: a row stops after producing it (it is not returned).
+          eos_id: a row stops after producing it, or any of several (Llama 3's
+            end-of-text and end-of-turn); it is not returned.
           seed: base of the per-row random streams.
           is_finished: called between chunks with a row's prompt index and its
             tokens so far; True stops that row (used for stop strings).
@@ -268,7 +269,7 @@ class Generator:
                          pos=jnp.asarray([len(p) for p in prompts], jnp.int32),
                          done=jnp.asarray(done), out=jnp.zeros((b, max_new), jnp.int32),
                          step=jnp.asarray(0, jnp.int32))
-            eos = jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32)
+            eos = jnp.asarray(_eos_ids(eos_id) or (-1,), jnp.int32)  # [n_eos]
             step = 0
             ends = [None] * n_real  # where a row stopped on `is_finished`
             while step < max_new:
@@ -329,11 +330,25 @@ def row_keys(seed: int, prompts: Sequence[Sequence[int]], samples: Sequence[int]
     return jnp.stack(keys)
 
 
-def _trim(tokens: np.ndarray, eos_id: int | None) -> list[int]:
-    """Tokens up to (not including) the first EOS."""
+def end_ids(tokenizer) -> int | tuple[int, ...] | None:
+    """The ids a generation ends at: a tokenizer's `stop_ids` (tokenizer.json
+    tokenizers: eos and the config's ``eos_token_id``s), else its eos."""
+    return getattr(tokenizer, "stop_ids", None) or tokenizer.eos_id
+
+
+def _eos_ids(eos_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    if eos_id is None:
+        return ()
+    return (int(eos_id),) if isinstance(eos_id, int | np.integer) else tuple(int(e) for e in eos_id)
+
+
+def _trim(tokens: np.ndarray, eos_id: int | Sequence[int] | None) -> list[int]:
+    """Tokens up to (not including) the first EOS (any of `eos_id`)."""
     toks = [int(t) for t in tokens]
-    if eos_id is not None and eos_id in toks:
-        toks = toks[:toks.index(eos_id)]
+    stops = set(_eos_ids(eos_id))
+    for i, t in enumerate(toks):
+        if t in stops:
+            return toks[:i]
     return toks
 
 
@@ -407,7 +422,7 @@ def generate_text(
 
     out = generator.generate_tokens(
         ids, max_new_tokens=max_new_tokens, sampling=sampling, num_samples=num_samples,
-        eos_id=tokenizer.eos_id, seed=seed, is_finished=finished if stop else None,
+        eos_id=end_ids(tokenizer), seed=seed, is_finished=finished if stop else None,
         progress=progress, desc=desc)
     return [[truncate_at_stop(decode(i, t), stop) for t in per_prompt]
             for i, per_prompt in enumerate(out)]
