@@ -12,8 +12,6 @@ must match.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 import train_helpers as th
+from process_helpers import LoggedProcesses, free_port
 
 from llama_jax import distributed
 from llama_jax.convert.workdir import read_meta
@@ -33,12 +32,6 @@ STEPS = 3
 RUN = {"train.steps": STEPS, "checkpoint.every": 100, "train.eval_batches": 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _records(workdir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in metrics.read_metrics(workdir) if "loss" in r}
 
@@ -46,39 +39,24 @@ def _records(workdir: Path) -> dict[int, dict]:
 @pytest.mark.multiprocess
 def test_two_processes_train_like_one(tmp_path: Path):
     root = th.make_data(tmp_path / "data")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(th.REPO)] + env.get("PYTHONPATH", "").split(os.pathsep))
     two = tmp_path / "two"
-    procs, logs = [], []
+    runs = []
     for pid in range(2):
         flags = th.override_flags(root, **RUN, **{
             "distributed.enabled": "yes", "distributed.coordinator_address": f"localhost:{port}",
             "distributed.num_processes": 2, "distributed.process_id": pid})
-        log = open(tmp_path / f"process_{pid}.log", "w")  # noqa: SIM115 - closed below
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "llama_jax.train", f"--config={th.REPO / 'configs' / 'tiny.py'}",
-             f"--workdir={two}", *flags], stdout=log, stderr=subprocess.STDOUT, env=env,
-            cwd=th.REPO))
-        logs.append(log)
-    try:
+        runs.append((f"process_{pid}", [
+            sys.executable, "-m", "llama_jax.train", f"--config={th.REPO / 'configs' / 'tiny.py'}",
+            f"--workdir={two}", *flags], env))
+    with LoggedProcesses(runs, tmp_path, cwd=th.REPO, timeout_s=TIMEOUT_S) as procs:
         # The reference runs here while the processes compile.
         one = tmp_path / "one"
         ref = train_and_evaluate(th.micro_config(root, **RUN), str(one))
-        codes = []
-        for p in procs:
-            try:
-                codes.append(p.wait(timeout=TIMEOUT_S))
-            except subprocess.TimeoutExpired:
-                codes.append("timeout")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
+        codes = procs.wait()
     out = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
     if codes != [0, 0]:
         pytest.fail(f"training processes failed: {codes}\n" + "\n".join(

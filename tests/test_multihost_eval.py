@@ -15,14 +15,13 @@ import json
 import os
 import pathlib
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import jax
 import pytest
 from eval_fixtures import data_dir  # noqa: F401 - a fixture
+from process_helpers import LoggedProcesses, free_port
 
 import llama_jax
 from llama_jax.data.tokenizer import train_tokenizer
@@ -32,12 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 420
 TASKS = ["--tasks=hellaswag,naturalqs:1,perplexity", "--limit=2", "--max_gen_tokens=4",
          "--batch_size=4"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _env(devices: int) -> dict:
@@ -65,27 +58,10 @@ def _scores(results: dict) -> dict:
 
 def _run_all(runs, tmp_path: Path) -> dict[str, str]:
     """Start every (name, command, fake devices) at once; their logs, or fail."""
-    procs, logs = [], []
-    for name, cmd, devices in runs:
-        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(devices),
-                                      cwd=REPO))
-        logs.append(log)
-    codes = []
-    try:
-        for p in procs:
-            try:
-                codes.append(p.wait(timeout=TIMEOUT_S))
-            except subprocess.TimeoutExpired:
-                codes.append("timeout")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
-    text = {name: (tmp_path / f"{name}.log").read_text() for name, _, _ in runs}
+    with LoggedProcesses([(name, cmd, _env(devices)) for name, cmd, devices in runs], tmp_path,
+                         cwd=REPO, timeout_s=TIMEOUT_S) as procs:
+        codes = procs.wait()
+    text = procs.logs()
     if codes != [0] * len(runs):
         pytest.fail(f"processes failed: {codes}\n" + "\n".join(
             f"--- {name} ---\n{t[-4000:]}" for name, t in text.items()))
@@ -107,7 +83,7 @@ def test_two_process_eval_scores_like_one(data_dir, tmp_path):  # noqa: F811
     stored = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
     base = [sys.executable, "-m", "llama_jax.eval", f"--checkpoint={ckpt}",
             f"--tokenizer={tok.path}", f"--data_dir={data_dir}", *TASKS]
-    port = _free_port()
+    port = free_port()
     runs = [("one", base + [f"--output={tmp_path / 'one.json'}"], 8)]
     for pid in range(2):
         runs.append((f"p{pid}", base + [
@@ -139,7 +115,7 @@ def test_two_process_generate_samples_like_one(tmp_path):
     ckpt, _ = _model(tmp_path)
     base = [sys.executable, "-m", "llama_jax.generate", f"--checkpoint={ckpt}", "--prompt=def f",
             "--prompt=import os", "--max_new_tokens=6", "--temperature=0.8", "--num_samples=2"]
-    port = _free_port()
+    port = free_port()
     runs = [("one", base + [f"--output={tmp_path / 'one.jsonl'}"], 8)]
     for pid in range(2):
         runs.append((f"p{pid}", base + [
@@ -173,7 +149,7 @@ def test_two_process_sharded_save_reloads_equal(tmp_path):
     from llama_jax.convert import from_pretrained
 
     ckpt, _ = _model(tmp_path)
-    port, dst = _free_port(), tmp_path / "saved"
+    port, dst = free_port(), tmp_path / "saved"
     _run_all([(f"p{pid}", [sys.executable, "-c", SAVE_SCRIPT, str(pid), str(port), str(ckpt),
                            str(dst)], 4) for pid in range(2)], tmp_path)
     assert (dst / "model.safetensors.index.json").is_file()
