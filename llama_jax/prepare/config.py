@@ -1,0 +1,56 @@
+"""The run options every source's config shares, and `source_config`.
+
+A source's config file (``configs/prepare/<source>.py``) is one call::
+
+    def get_config():
+        return source_config(("line_dedup", "language", "perplexity", "reference"))
+
+which gives the run-wide fields below plus one sub-config per stage (its
+module's ``default_config()``, with ``enabled``), in the order the stages run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from llama_jax.prepare import stage
+
+EXECUTORS = ("local", "ray", "slurm")
+
+
+def source_config(stages: Sequence[str], **run_fields) -> ml_collections.ConfigDict:
+    """A preparation config running `stages` in order, with every stage's defaults.
+
+    Run-wide fields (override any with ``--config.<field>=...``):
+      input: glob(s) of input files, comma-separated (JSONL, ``.jsonl.gz`` or a
+        source's own format).
+      output: the output folder (shards, ``stats.json``, logs, work files).
+      executor: "local", "ray" or "slurm" (datatrove's executors).
+      workers: processes (local) or concurrent tasks (ray) at once.
+      tasks: datatrove tasks (output shards); 0 = one per input file.
+      output_format: "jsonl" (gzipped ``.jsonl.gz`` shards) or "array_record".
+      tokenizer: a tokenizer path; when set, also write token shards and a
+        per-source token count (the Table 1 weights are computed from it).
+      source: the name written into the stats and token counts.
+      slurm_partition / slurm_time / slurm_dry_run: the Slurm executor's options.
+    """
+    c = ml_collections.ConfigDict()
+    c.input = ""
+    c.output = ""
+    c.executor = "local"
+    c.workers = 1
+    c.tasks = 0
+    c.output_format = "jsonl"
+    c.tokenizer = ""
+    c.source = ""
+    c.slurm_partition = ""
+    c.slurm_time = "24:00:00"
+    c.slurm_dry_run = False
+    for key, value in run_fields.items():
+        c[key] = value
+    c.stages = tuple(stages)
+    for name in stages:
+        c[name] = stage.default_config(name)
+    return c
