@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import glob
+import gzip
 import importlib.util
 import json
 import math
 import os
+import pickle
 import random
 
 import pytest
@@ -72,6 +74,10 @@ def test_arpa_score_equals_hand_computed_backoff(tmp_path):
     # An unknown word is <unk>; its context has no backoff entry (0), so p(</s>|<unk>) = p(</s>).
     assert lm.score("dog") == pytest.approx((-0.30103 - 1.0) + (-0.5))
     assert lm.score("the cat", bos=False, eos=False) == pytest.approx(-0.69897 - 0.3)
+    gz = tmp_path / "tiny.arpa.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(TINY_ARPA.replace("\t", " "))  # gzipped, and space- rather than tab-separated
+    assert arpa.ArpaModel(str(gz)).score("cat the") == pytest.approx(want)
 
 
 def test_arpa_errors_name_the_file(tmp_path):
@@ -188,6 +194,8 @@ def test_stage_computes_cutoffs_in_index_passes_and_filters(trained_lm, tmp_path
     assert [d.id for d in kept] == [d.id for d in docs if d.metadata["bucket"] in ("head", "middle")]
     assert all(math.isfinite(d.metadata["perplexity"]) for d in kept)
     assert step.stats["dropped_perplexity_tail"].total == 12
+    clone = pickle.loads(pickle.dumps(step))  # picklable for Ray/Slurm; the LM is re-loaded where it runs
+    assert clone.scorer._lm is None and step.scorer._lm is not None
 
 
 def test_stage_config_errors(tmp_path, trained_lm):

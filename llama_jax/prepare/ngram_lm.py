@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from llama_jax.cli import handle_errors
 from llama_jax.errors import ConfigError
@@ -114,21 +115,25 @@ def estimate(raw: list[Counter]) -> tuple[list[dict[tuple[str, ...], float]], di
 
 
 def arpa_text(probs: list[dict[tuple[str, ...], float]], backoffs: dict[tuple[str, ...], float]) -> str:
-    """The model in ARPA format (log10 probabilities and backoffs, n-grams sorted)."""
+    """The model in ARPA format (log10 probabilities and backoffs; n-grams in first-seen order)."""
     order = len(probs)
-    unigrams = dict(probs[0])
     lines = ["\\data\\"]
-    sizes = [len(unigrams) + 1] + [len(level) for level in probs[1:]]  # + <s>
+    sizes = [len(probs[0]) + 1] + [len(level) for level in probs[1:]]  # + <s>
     lines += [f"ngram {n}={size}" for n, size in enumerate(sizes, 1)]
     for n in range(1, order + 1):
         lines += ["", f"\\{n}-grams:"]
-        level = {**unigrams, (BOS,): 0.0} if n == 1 else probs[n - 1]
-        for g in sorted(level):
-            logp = BOS_LOG10 if g == (BOS,) else math.log10(level[g])
-            entry = f"{logp:.7g}\t{' '.join(g)}"
-            if n < order and g in backoffs:
-                entry += f"\t{math.log10(backoffs[g]):.7g}"
-            lines.append(entry)
+        level = {(BOS,): 10.0 ** BOS_LOG10, **probs[0]} if n == 1 else probs[n - 1]
+        grams = list(level)
+        logps = np.log10(np.fromiter(level.values(), dtype=np.float64, count=len(grams)))  # [len(grams)]
+        if n == 1:
+            logps[0] = BOS_LOG10
+        if n == order:
+            lines += [f"{lp:.7g}\t{' '.join(g)}" for lp, g in zip(logps.tolist(), grams, strict=True)]
+            continue
+        bos = [backoffs.get(g, 1.0) for g in grams]
+        logbs = np.log10(np.asarray(bos, dtype=np.float64)).tolist()  # [len(grams)]
+        lines += [f"{lp:.7g}\t{' '.join(g)}\t{lb:.7g}" if g in backoffs else f"{lp:.7g}\t{' '.join(g)}"
+                  for lp, g, lb in zip(logps.tolist(), grams, logbs, strict=True)]
     lines += ["", "\\end\\", ""]
     return "\n".join(lines)
 
