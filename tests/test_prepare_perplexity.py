@@ -122,6 +122,11 @@ def test_trained_model_is_a_distribution(trained_lm):
         total = sum(10 ** lm.log10_prob(context, w) for w in words)
         assert total == pytest.approx(1.0, abs=1e-5), context
     assert json.load(open(path + ".json"))["order"] == 3
+    # score() carries KenLM's trimmed state; summing log10_prob over the full context must agree.
+    for line in trained_lm[2][:50]:
+        tokens = [w if w in lm.vocab else "<unk>" for w in arpa.normalize(line).split()] + ["</s>"]
+        full = sum(lm.log10_prob(tuple(["<s>", *tokens][max(0, i - 1):i + 1]), w) for i, w in enumerate(tokens))
+        assert lm.score(arpa.normalize(line)) == pytest.approx(full, abs=1e-9)
 
 
 def test_fluent_text_ranks_above_shuffled_words(trained_lm):
@@ -194,6 +199,9 @@ def test_stage_computes_cutoffs_in_index_passes_and_filters(trained_lm, tmp_path
     assert [d.id for d in kept] == [d.id for d in docs if d.metadata["bucket"] in ("head", "middle")]
     assert all(math.isfinite(d.metadata["perplexity"]) for d in kept)
     assert step.stats["dropped_perplexity_tail"].total == 12
+    assert step.stats["bucket_head"].total == 9 and step.stats["bucket_all"].total == 1
+    assert step.stats["perplexity"].n == 30 and step.stats["perplexity"].min == min(
+        d.metadata["perplexity"] for d in docs[:-1])
     clone = pickle.loads(pickle.dumps(step))  # picklable for Ray/Slurm; the LM is re-loaded where it runs
     assert clone.scorer._lm is None and step.scorer._lm is not None
 

@@ -100,6 +100,7 @@ def test_filter_separates_heldout_pages(data):
         assert 0.0 <= d.metadata["reference_score"] <= 1.0
         assert (d.id in kept) == (d.metadata["reference_score"] > cfg.threshold)
     assert step.stats["dropped_reference_below_threshold"].total == len(docs) - len(kept)
+    assert step.stats["reference_score"].n == len(docs)
     clone = pickle.loads(pickle.dumps(step))  # picklable for the Ray/Slurm executors, model re-loaded there
     assert clone._model is None and step._model is not None
 

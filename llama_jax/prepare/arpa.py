@@ -110,6 +110,7 @@ class ArpaModel:
         self.order = len(self.probs)
         self.vocab = {g[0] for g in self.probs[0]}
         self.unk_log10 = self.probs[0].get((UNK,), UNKNOWN_LOG10)
+        self._all_probs = {g: p for level in self.probs for g, p in level.items()}  # n-grams of every order
 
     def _read(self, path: str) -> None:
         opener = gzip.open if path.endswith(".gz") else open
@@ -176,16 +177,33 @@ class ArpaModel:
         return self.unk_log10 + backoff
 
     def score(self, sentence: str, bos: bool = True, eos: bool = True) -> float:
-        """log10 P(sentence) (``kenlm.Model.score``): the words and ``</s>`` given ``<s>``."""
-        words = [w if w in self.vocab else UNK for w in sentence.split()]
+        """log10 P(sentence) (``kenlm.Model.score``): the words and ``</s>`` given ``<s>``.
+
+        As KenLM does, the next context is the n-gram just matched (cut to
+        order - 1 words): a longer one is not listed, so it has no backoff weight.
+        """
+        words = sentence.split()
         if eos:
             words.append(EOS)
+        probs, backoffs, vocab, keep = self._all_probs, self.backoffs, self.vocab, self.order - 1
         context: tuple[str, ...] = (BOS,) if bos else ()
         total = 0.0
-        keep = self.order - 1
         for word in words:
-            total += self.log10_prob(context, word)
-            context = (context + (word,))[-keep:] if keep else ()
+            if word not in vocab:
+                word = UNK
+            backoff, start = 0.0, 0
+            while True:
+                ngram = context[start:] + (word,)
+                prob = probs.get(ngram)
+                if prob is not None:
+                    break
+                if start == len(context):  # an unknown word and no <unk> entry
+                    prob, ngram = self.unk_log10, ()
+                    break
+                backoff += backoffs.get(context[start:], 0.0)
+                start += 1
+            total += prob + backoff
+            context = ngram[-keep:] if keep else ()
         return total
 
 

@@ -7,7 +7,8 @@ normalised, tokenised and scored by the n-gram LM (log10, with ``<s>`` and
 ``head`` if perplexity < head, ``middle`` if < tail, else ``tail``; a page the
 model cannot score (no words, or another language than the model's) is
 ``all``. `keep_buckets` chooses what stays; the rest is dropped with reason
-``perplexity_<bucket>``. ``doc.metadata`` gets ``perplexity`` and ``bucket``.
+``perplexity_<bucket>``. ``doc.metadata`` gets ``perplexity`` and ``bucket``;
+the step's datatrove stats count ``bucket_<bucket>`` and summarise ``perplexity``.
 
 Cut-offs, in order of precedence:
 
@@ -228,6 +229,9 @@ class PerplexityFilter(BaseFilter):
         bucket = bucket_of(perplexity, *self._head_tail())
         doc.metadata["perplexity"] = perplexity if perplexity is not None else -1.0
         doc.metadata["bucket"] = bucket
+        self.stat_update(f"bucket_{bucket}")  # every page's bucket, kept or not, for the stats table
+        if perplexity is not None:
+            self.stat_update("perplexity", value=perplexity)  # mean / min / max per page in stats.json
         if bucket in self.keep_buckets:
             return True
         return False, f"perplexity_{bucket}"

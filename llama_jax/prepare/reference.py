@@ -117,6 +117,7 @@ class ReferenceFilter(BaseFilter):
         results: list[bool | tuple[bool, str]] = []
         for doc, score in zip(batch, scores, strict=True):
             doc.metadata["reference_score"] = round(float(score), 4)
+            self.stat_update("reference_score", value=float(score))  # mean / min / max in stats.json
             results.append(True if score > self.threshold else (False, "reference_below_threshold"))
         return results
 
