@@ -11,6 +11,7 @@ from llama_jax.eval.tasks import (
     code,
     commonsense,
     generative,
+    math,
     mmlu,
     passkey,
     perplexity,
@@ -27,6 +28,7 @@ TASKS: dict[str, Task] = {
     **perplexity.TASKS,
     **position_perplexity.TASKS,
     **passkey.TASKS,
+    **math.TASKS,
 }
 
 ALIASES = {
@@ -34,6 +36,7 @@ ALIASES = {
     "arc_e": "arc_easy", "arc_c": "arc_challenge", "obqa": "openbookqa",
     "social_iqa": "siqa", "hendrycks_test": "mmlu", "race_m": "race_middle",
     "race_h": "race_high",
+    "minerva_math": "math", "hendrycks_math": "math",
 }
 
 __all__ = ["ALIASES", "TASKS", "DataError", "EvalContext", "EvalOptions", "Task", "get_task",
