@@ -65,6 +65,14 @@ def table_rows(name: str, res: dict[str, Any], size: str) -> list[tuple[str, str
             rows.append((name, f"maj1@{res['k']}", _pct(res["maj1@k"]),
                          _paper(size, "gsm8k/maj1@k"), note + " (paper: k=100)"))
         return rows
+    if task == "realtoxicityprompts":
+        for variant in ("basic", "respectful"):
+            paper = paper_results.paper_value(size, f"{task}/{variant}")
+            rows.append((name, f"toxicity ({variant})", f"{res[f'toxicity_{variant}']:.3f}",
+                         "" if paper is None else f"{paper:.3f}",
+                         f"{note}, scorer {res['scorer']}, "
+                         f"{_pct(res[f'toxic_fraction_{variant}'])}% >= 0.5"))
+        return rows
     if task == "math":
         if shots != 4:
             note += f" ({shots}-shot; paper: 4-shot)"
