@@ -167,11 +167,12 @@ def test_code_hf_export_gives_the_original_prompts(name, shots, data_dir, hf_dir
 
 
 def test_hf_file_with_wrong_fields_names_the_file_and_fields(tmp_path):
-    _jsonl(tmp_path / "arc_easy/test.jsonl", [{"id": "x", "query": "Which?", "answerKey": "A"}])
+    _jsonl(tmp_path / "arc_easy/test.jsonl", [{"id": "x", "question": "Which?", "answerKey": "A"}])
     with pytest.raises(DataError) as err:
         get_task("arc_easy").run(_ctx(FakeScorer(prefers("x"))), str(tmp_path), 0, None)
     msg = str(err.value)
-    assert str(tmp_path / "arc_easy/test.jsonl") in msg and "record 0" in msg
+    assert str(tmp_path / "arc_easy/test.jsonl") in msg
+    assert "record 0 has no field 'choices.text'" in msg
     assert "'choices'" in msg and "answerKey" in msg  # the expected layout is spelled out
     _parquet(tmp_path / f"mmlu/all/test{PQ}", [{"question": "q", "subject": "s", "answer": 1}])
     _parquet(tmp_path / f"mmlu/all/dev{PQ}", [{"question": "q", "subject": "s", "answer": 1}])
