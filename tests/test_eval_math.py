@@ -16,7 +16,7 @@ from llama_jax.errors import ConfigError, DataError
 from llama_jax.eval import report
 from llama_jax.eval.tasks import get_task
 from llama_jax.eval.tasks import math_normalize as mn
-from llama_jax.eval.tasks.math import minerva_prompt
+from llama_jax.eval.tasks.math import load_math, minerva_prompt
 
 MINERVA_DIR = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "minerva_math")
 _WANTED = {"doc_to_text", "list_fewshot_samples", "last_boxed_only_string", "remove_boxed",
@@ -214,3 +214,34 @@ def test_bad_math_files_name_the_file_and_fields(tmp_path):
         get_task("math").run(ctx, str(tmp_path / "nowhere"), 4, None)
     with pytest.raises(ConfigError, match="math_samples"):
         _ctx(math_samples=0)
+
+
+def test_prompt_and_reference_equal_lm_eval_task_rendering(tmp_path, monkeypatch):
+    """lm-eval's own ConfigurableTask (its minerva_math_algebra.yaml and utils.py, the
+    math_verify/antlr4 import guard removed, the data pointed at a local file) renders
+    the same 4-shot prompt and reference answer as ours."""
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    tree = ast.parse(open(os.path.join(MINERVA_DIR, "utils.py"), encoding="utf-8").read())
+    tree.body = [n for n in tree.body if not isinstance(n, ast.Try)]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "utils.py").write_text(ast.unparse(tree))
+    data = tmp_path / "test.jsonl"
+    _jsonl(data, _records())
+    with open(os.path.join(MINERVA_DIR, "minerva_math_algebra.yaml"), encoding="utf-8") as f:
+        yaml_text = f.read()
+    yaml_text = yaml_text.replace("task: minerva_math_algebra", "task: local_minerva").replace(
+        "dataset_path: EleutherAI/hendrycks_math", "dataset_path: json\ndataset_kwargs:\n"
+        f"  data_files:\n    test: {data}\n    train: {data}").replace("dataset_name: algebra\n", "")
+    (tmp_path / "tasks" / "local_minerva.yaml").write_text(yaml_text)
+    manager = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
+    task = manager.load(["local_minerva"])["tasks"]["local_minerva"]
+    docs = list(task.test_docs())
+    ours = load_math(_release(tmp_path / "release"))
+    assert len(docs) == len(ours) == 3
+    for doc, mine in zip(docs, ours, strict=True):
+        assert task.fewshot_context(doc, 4) == minerva_prompt(mine["problem"])
+        assert doc["answer"] == mine["answer"]

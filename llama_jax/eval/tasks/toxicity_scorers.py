@@ -160,6 +160,10 @@ class ClassifierScorer:
         except (OSError, ValueError) as e:
             raise ConfigError(f"--toxicity_scorer={path}: cannot load a sequence-classification "
                               f"checkpoint with its tokenizer ({e})") from None
+        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+            # GPT-2-style classifiers have no pad token; batches pad with EOS (masked out).
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.eos_token_id
         self.torch, self.batch_size, self.max_length = torch, batch_size, max_length
         self.index = _label_index(self.model.config.id2label, label, path)
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
