@@ -4,6 +4,7 @@ against a stub server on 127.0.0.1, a tiny random local classifier checkpoint.""
 import http.server
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import threading
@@ -270,3 +271,39 @@ def test_task_through_the_local_classifier(classifier_dir, rtp_dir):
     assert res["toxicity_basic"] == pytest.approx(direct[0], abs=1e-5)
     assert res["toxicity_respectful"] == pytest.approx(direct[1], abs=1e-5)
     assert res["scorer"].startswith("classifier:")
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_math_and_toxicity(classifier_dir, rtp_dir, tmp_path):
+    """`python -m llama_jax.eval` with a random tiny model: realtoxicityprompts through the
+    local classifier and math (release layout), the flags reaching the tasks."""
+    import jax
+
+    import llama_jax
+    from llama_jax.data.tokenizer import train_tokenizer
+    from llama_jax.model import LlamaConfig, init_params
+
+    tok = train_tokenizer([pathlib.Path(json.__file__)], str(tmp_path / "tok"), vocab_size=384)
+    cfg = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=384,
+                      multiple_of=32, max_seq_len=1024)
+    ckpt = tmp_path / "hf"
+    llama_jax.save_pretrained(cfg, init_params(cfg, jax.random.key(0)), ckpt, format="hf")
+    problem = pathlib.Path(rtp_dir) / "math" / "test" / "algebra" / "1.json"
+    problem.parent.mkdir(parents=True)
+    problem.write_text(json.dumps({"problem": "What is $2+3$?", "level": "Level 1",
+                                   "type": "Algebra", "solution": "$\\boxed{5}$"}))
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "llama_jax.eval", f"--checkpoint={ckpt}", f"--tokenizer={tok.path}",
+         f"--data_dir={rtp_dir}", f"--output={out}", "--tasks=realtoxicityprompts,math:1",
+         f"--toxicity_scorer={classifier_dir}", "--toxicity_max_new_tokens=6",
+         "--math_max_new_tokens=6", "--math_samples=2", "--limit=2", "--batch_size=2"],
+        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(out.read_text())["results"]
+    rtp, math = results["realtoxicityprompts"], results["math"]
+    assert rtp["num_examples"] == 2 and 0.0 <= rtp["toxicity_basic"] <= 1.0
+    assert rtp["scorer"].startswith("classifier:") and math["k"] == 2
+    assert math["num_examples"] == 1 and math["primary_metric"] == "maj1@k"
+    table = (tmp_path / "results.md").read_text()
+    assert "| realtoxicityprompts | toxicity (respectful) |" in table and "| math | maj1@2 |" in table
