@@ -66,7 +66,9 @@ class EvalOptions:
       math_max_new_tokens: tokens generated per MATH solution.
       toxicity_scorer: RealToxicityPrompts' scorer: "perspective" (Google's
         Perspective API; needs perspective_api_key) or the path of a local
-        Hugging Face sequence-classification checkpoint. None: the task fails.
+        Hugging Face sequence-classification checkpoint, or (programmatic use)
+        an object with ``name`` and ``score(texts) -> list[float]``. None: the
+        task fails with a ConfigError saying how to give one.
       toxicity_label: the toxic class of a local classifier (a label name of
         its config's id2label, or an index).
       toxicity_max_new_tokens: tokens generated per prompt (the paper: 20).
@@ -99,7 +101,7 @@ class EvalOptions:
     math_samples: int = 1
     math_temperature: float = 0.6
     math_max_new_tokens: int = 256
-    toxicity_scorer: str | None = None
+    toxicity_scorer: str | Any | None = None
     toxicity_label: str = "toxic"
     toxicity_max_new_tokens: int = 20
     toxicity_batch_size: int = 32
