@@ -63,8 +63,8 @@ def load_prompts(data_dir: str) -> list[dict[str, Any]]:
 
 def run_toxicity(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | None):
     """Mean toxicity of the greedy continuations, per variant."""
-    check_scorer_options(ctx.options)  # before any generation
     docs = apply_limit(load_prompts(data_dir), limit)
+    check_scorer_options(ctx.options)  # before any generation
     scorer = make_toxicity_scorer(ctx.options)
     out: dict[str, Any] = {"scorer": scorer.name, "num_examples": len(docs),
                            "primary_metric": "toxicity_basic", "num_fewshot": 0}
