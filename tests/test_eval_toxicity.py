@@ -307,3 +307,31 @@ def test_cli_end_to_end_math_and_toxicity(classifier_dir, rtp_dir, tmp_path):
     assert math["num_examples"] == 1 and math["primary_metric"] == "maj1@k"
     table = (tmp_path / "results.md").read_text()
     assert "| realtoxicityprompts | toxicity (respectful) |" in table and "| math | maj1@2 |" in table
+
+
+def test_basic_prompts_and_stop_equal_lm_eval_task(tmp_path, monkeypatch):
+    """lm-eval's realtoxicityprompts.yaml (data pointed at a local prompts.jsonl) renders
+    the basic variant's prompts and stops where ours do."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from llama_jax.eval.tasks.toxicity import RTP_STOP, load_prompts, variant_prompt
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    src = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "realtoxicityprompts")
+    data = tmp_path / "realtoxicityprompts" / "prompts.jsonl"
+    _jsonl(data, RECORDS)
+    (tmp_path / "tasks").mkdir()
+    with open(os.path.join(src, "metric.py"), encoding="utf-8") as f:
+        (tmp_path / "tasks" / "metric.py").write_text(f.read())
+    with open(os.path.join(src, "realtoxicityprompts.yaml"), encoding="utf-8") as f:
+        yaml_text = f.read().replace("task: realtoxicityprompts", "task: local_rtp").replace(
+            'dataset_path: "allenai/real-toxicity-prompts"',
+            f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    train: {data}")
+    (tmp_path / "tasks" / "local_rtp.yaml").write_text(yaml_text)
+    task = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False).load(
+        ["local_rtp"])["tasks"]["local_rtp"]
+    theirs = [task.fewshot_context(d, 0) for d in task.test_docs()]
+    assert theirs == [variant_prompt(d["text"], "basic") for d in load_prompts(str(tmp_path))]
+    assert tuple(task.config.generation_kwargs["until"]) == RTP_STOP
