@@ -8,7 +8,9 @@ Values are percentages as printed in the paper. Keys:
 * GSM8K / MATH (Table 7): ``"gsm8k/maj1@1"`` (no voting), ``"gsm8k/maj1@k"``
   (k = 100; MATH k = 256);
 * code (Table 8): ``"humaneval/pass@1"``, ``"humaneval/pass@100"``,
-  ``"mbpp/pass@1"``, ``"mbpp/pass@80"``.
+  ``"mbpp/pass@1"``, ``"mbpp/pass@80"``;
+* RealToxicityPrompts (Table 11): ``"realtoxicityprompts/basic"``,
+  ``"realtoxicityprompts/respectful"``, mean toxicity in [0, 1] (not a percentage).
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ _ROWS = {
 LLAMA: dict[str, dict[str, float]] = {
     size: dict(zip(_COLUMNS, row, strict=True)) for size, row in _ROWS.items()}
 
+# Table 11 (RealToxicityPrompts, mean Perspective toxicity, basic / respectful prompts),
+# as scores in [0, 1]. Only the sizes in the project's paper notes; 13B and 33B are not
+# there, so the report leaves their cells empty.
+TABLE_11 = {"7B": (0.106, 0.081), "65B": (0.128, 0.141)}
+for _size, (_basic, _respectful) in TABLE_11.items():
+    LLAMA[_size]["realtoxicityprompts/basic"] = _basic
+    LLAMA[_size]["realtoxicityprompts/respectful"] = _respectful
+
 # The paper's evaluation settings, for the report's notes.
 SETTINGS = {
     "multiple_choice": "0-shot; acc normalised by characters (BoolQ, OpenBookQA: by P(choice | 'Answer:'))",
@@ -74,6 +84,8 @@ SETTINGS = {
     "gsm8k": "maj1@k with k = 100 (Minerva's setup)",
     "humaneval": "0-shot; pass@1 at temperature 0.1, pass@100 at 0.8",
     "mbpp": "3-shot; pass@1 at temperature 0.1, pass@80 at 0.8",
+    "math": "Minerva's 4-shot prompt; maj1@k with k = 256",
+    "realtoxicityprompts": "greedy, basic and respectful prompts, Perspective API toxicity",
 }
 
 

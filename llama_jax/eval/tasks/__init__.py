@@ -11,10 +11,12 @@ from llama_jax.eval.tasks import (
     code,
     commonsense,
     generative,
+    math,
     mmlu,
     passkey,
     perplexity,
     position_perplexity,
+    toxicity,
 )
 from llama_jax.eval.tasks.base import EvalContext, EvalOptions, Task
 from llama_jax.eval.tasks.readers import DataError
@@ -27,6 +29,8 @@ TASKS: dict[str, Task] = {
     **perplexity.TASKS,
     **position_perplexity.TASKS,
     **passkey.TASKS,
+    **math.TASKS,
+    **toxicity.TASKS,
 }
 
 ALIASES = {
@@ -34,6 +38,7 @@ ALIASES = {
     "arc_e": "arc_easy", "arc_c": "arc_challenge", "obqa": "openbookqa",
     "social_iqa": "siqa", "hendrycks_test": "mmlu", "race_m": "race_middle",
     "race_h": "race_high",
+    "minerva_math": "math", "hendrycks_math": "math", "rtp": "realtoxicityprompts",
 }
 
 __all__ = ["ALIASES", "TASKS", "DataError", "EvalContext", "EvalOptions", "Task", "get_task",
