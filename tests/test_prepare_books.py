@@ -7,6 +7,8 @@ import string
 
 import pytest
 from datatrove.data import Document
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
 
 from llama_jax.errors import ConfigError
 from llama_jax.prepare import minhash, stage
@@ -67,6 +69,46 @@ def test_95_percent_overlap_removed_50_percent_kept(tmp_path):
     kept, stats = _dedup(shards, tmp_path)
     assert kept == [["book", "other"], ["half"]]
     assert stats["dropped_near_duplicate"].total == 1
+
+
+class _Shards(PipelineStep):
+    """Task ``rank`` yields ``shards[rank]`` (an in-memory reader)."""
+
+    def __init__(self, shards):
+        super().__init__()
+        self.shards = shards
+
+    def run(self, data=None, rank=0, world_size=1):
+        yield from (Document(text=d.text, id=d.id) for d in self.shards[rank])
+
+
+class _Collect(PipelineStep):
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data, rank=0, world_size=1):
+        with open(os.path.join(self.folder, f"{rank}.ids"), "w") as f:
+            f.writelines(d.id + "\n" for d in data)
+        return
+        yield
+
+
+def test_passes_on_datatrove_local_executor(tmp_path):
+    rng = random.Random(2)
+    base = _words(rng, 3000)
+    shards = [[Document(text=" ".join(base), id="a"), Document(text=" ".join(_words(rng, 3000)), id="b")],
+              [Document(text=" ".join(base + _words(rng, 100)), id="a2")],
+              [Document(text=" ".join(base[:2000] + _words(rng, 1000)), id="c")]]
+    work = tmp_path / "work"
+    built = minhash.build(minhash.default_config(), stage.StageEnv(name="minhash", work_dir=str(work), tasks=3))
+    for n, p in enumerate(built.index_passes):
+        steps = ([_Shards(shards)] if p.reads_documents else []) + list(p.steps)
+        LocalPipelineExecutor(steps, tasks=p.tasks or 3, workers=1, logging_dir=str(work / f"logs{n}")).run()
+    LocalPipelineExecutor([_Shards(shards), *built.steps, _Collect(str(tmp_path))], tasks=3, workers=1,
+                          logging_dir=str(work / "logs_final")).run()
+    kept = [(tmp_path / f"{r}.ids").read_text().split() for r in range(3)]
+    assert kept == [["a", "b"], [], ["c"]]
 
 
 def test_exact_copies_in_one_shard_leave_one(tmp_path):

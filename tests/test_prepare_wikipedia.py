@@ -1,5 +1,7 @@
 """The Wikipedia stage: the paper's 20 languages and the wikitext cleaning rules."""
 
+import bz2
+
 import pytest
 from datatrove.data import Document
 
@@ -86,3 +88,31 @@ def test_text_markup_skips_cleaning():
 def test_config_errors(field, value, match):
     with pytest.raises(ConfigError, match=match):
         _build(**{field: value})
+
+
+DUMP = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" xml:lang="fr">
+  <page><title>Paris</title><ns>0</ns><id>7</id>
+    <revision><id>100</id><text xml:space="preserve">'''Paris''' est la [[capitale]] de la [[France]].</text></revision>
+  </page>
+  <page><title>Discussion:Paris</title><ns>1</ns><id>8</id>
+    <revision><id>101</id><text>talk</text></revision>
+  </page>
+"""
+
+
+def test_dump_reader_main_namespace_language_from_file_name(tmp_path):
+    path = tmp_path / "frwiki-20220801-pages-articles.xml.bz2"
+    with bz2.open(path, "wt") as f:
+        f.write(DUMP + "</mediawiki>\n")
+    docs = list(wikipedia.WikipediaDumpReader([str(path)]).run())
+    assert [(d.id, d.metadata["language"], d.metadata["title"]) for d in docs] == [("fr/7", "fr", "Paris")]
+    out = _run(_build(), docs)
+    assert [d.text for d in out] == ["Paris est la capitale de la France."]
+
+
+def test_dump_reader_truncated_file_is_a_counted_skip(tmp_path):
+    path = tmp_path / "dewiki-latest-pages-articles.xml"
+    path.write_text(DUMP)  # no closing tag
+    reader = wikipedia.WikipediaDumpReader([str(path)])
+    docs = list(reader.run())
+    assert [d.id for d in docs] == ["de/7"] and reader.stats["skipped_malformed_xml"].total == 1

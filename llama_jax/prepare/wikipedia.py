@@ -15,17 +15,26 @@ remove hyperlinks, comments and other formatting boilerplate." Two steps:
   markers, magic words and HTML tags removed, entities decoded. Redirect
   pages are dropped (``redirect``). ``markup="text"`` skips the cleaning for
   text already extracted (e.g. by WikiExtractor or the HF ``wikipedia`` set).
+
+Input: JSONL pages, or the dumps themselves (``<lang>wiki-<date>-pages-
+articles*.xml[.bz2]``) through `WikipediaDumpReader`.
 """
 
 from __future__ import annotations
 
+import bz2
 import html
+import os
 import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlparse
 
 import ml_collections
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.readers.base import BaseDiskReader
+from datatrove.utils.logging import logger
 
 from llama_jax.errors import ConfigError
 from llama_jax.prepare.stage import Stage, StageEnv
@@ -158,6 +167,66 @@ class WikitextCleaner(BaseFilter):
         if not doc.text:
             return False, "empty"
         return True
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+class WikipediaDumpReader(BaseDiskReader):
+    """Reads MediaWiki XML dumps (``.xml`` or ``.xml.bz2``): one document per article.
+
+    Only main-namespace pages (``<ns>0</ns>``) are read; the language is the
+    file name's ``<lang>wiki-`` prefix; id ``<lang>/<page id>``, metadata
+    ``title``, ``language`` and ``url``. A file that is not well-formed XML is
+    the counted skip ``skipped_malformed_xml`` (its pages before the error
+    are kept; the error is logged with the file). Task ``rank`` of
+    ``world_size`` reads ``files[rank::world_size]``.
+    """
+
+    name = "📖 Wikipedia XML dump"
+    _requires_dependencies: list = []
+
+    def __init__(self, files: Sequence[str]):
+        self.files = [os.path.abspath(f) for f in files]
+        root = os.path.commonpath(self.files) if self.files else "/"
+        super().__init__(root if os.path.isdir(root) else os.path.dirname(root), add_file_path=False)
+
+    def read_file(self, filepath: str) -> Iterator[Document]:
+        """The articles of one dump file."""
+        match = re.match(r"([a-z\-]+?)wiki-", os.path.basename(filepath))
+        lang = match.group(1).replace("_", "-") if match else ""
+        opener = bz2.open if filepath.endswith(".bz2") else open
+        page: dict[str, str] = {}
+        try:
+            with opener(filepath, "rb") as f:
+                for _, elem in ET.iterparse(f, events=("end",)):
+                    tag = _local(elem.tag)
+                    if tag in ("title", "ns", "id", "text") and tag not in page:
+                        page[tag] = elem.text or ""
+                    elif tag == "page":
+                        if page.get("ns") == "0" and page.get("text", "").strip():
+                            title = page.get("title", "")
+                            yield Document(text=page["text"], id=f"{lang}/{page.get('id', title)}", metadata={
+                                "title": title, "language": lang, "file_path": filepath,
+                                "url": f"https://{lang}.wikipedia.org/wiki/{title.replace(' ', '_')}"})
+                        page = {}
+                        elem.clear()
+        except (ET.ParseError, OSError, EOFError) as e:
+            self.stat_update("skipped_malformed_xml")
+            logger.warning(f"skipped the rest of {filepath}: {type(e).__name__}: {e}; re-download the dump")
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        """Read this task's files."""
+        if data:
+            yield from data
+        for doc in self.read_files_shard(self.files[rank::world_size]):
+            self.update_doc_stats(doc)
+            yield doc
+
+
+# Input suffix -> the reader class the pipeline should use for it.
+READERS = {".xml": WikipediaDumpReader, ".xml.bz2": WikipediaDumpReader}
 
 
 def build(cfg: ml_collections.ConfigDict, env: StageEnv) -> Stage:
