@@ -21,6 +21,7 @@ POSTS = """<?xml version="1.0" encoding="utf-8"?>
   <row Id="6" PostTypeId="2" ParentId="99" Score="1" Body="&lt;p&gt;Orphan.&lt;/p&gt;" />
   <row Id="7" PostTypeId="1" Score="1" Title="No body" />
   <row Id="8" PostTypeId="5" Body="&lt;p&gt;A tag wiki.&lt;/p&gt;" />
+  <row Id="x9" PostTypeId="2" ParentId="1" Score="1" Body="bad id" />
 </posts>
 """
 
@@ -65,6 +66,7 @@ def test_xml_reader_then_stage_one_doc_per_question_answers_by_score(tmp_path):
     assert [d.id for d in docs] == ["math.stackexchange.com/1", "math.stackexchange.com/4"]
     assert reader.stats["skipped_orphan_answer"].total == 1
     assert reader.stats["skipped_row_missing_field"].total == 1
+    assert reader.stats["skipped_row_bad_number"].total == 1
     built = _build()
     out = _run(built, docs)
     assert out[0].text == EXPECTED_Q1  # 7, then the two 3s by post id

@@ -49,6 +49,7 @@ def test_language_filter_by_metadata_or_url_and_counted_drops():
     ("The [[France|French Republic]] and [[Seine]]s.", "The French Republic and Seines."),
     ("Visit [https://example.org the site] or [https://example.org].", "Visit the site or ."),
     ("Kept.<!-- a hidden\nnote -->", "Kept."),
+    ("Text.<ref>A</ref> End.\n<references />\nAfter.", "Text. End.\n\nAfter."),
     ("A fact.<ref name=x>{{cite web|url=u}}</ref> More.<ref name=x/>", "A fact. More."),
     ("{{Infobox|name={{nested|x}}}}Body text.", "Body text."),
     ("Before.\n{| class=wikitable\n|-\n| a || b\n|}\nAfter.", "Before.\n\nAfter."),

@@ -15,8 +15,9 @@ and extra whitespace removed), estimated with datatrove's MinHash steps:
 
 The LSH S-curve ``P(pair) = 1 - (1 - J**r)**b`` has its threshold near
 ``(1/b)**(1/r)``; the defaults b=14, r=25 put it at 0.90 (P=0.99 at J=0.95,
-0.21 at J=0.85, 1e-7 at J=0.5). Sentences and words come from
-`OfflineTokenizer` (datatrove's English default is spaCy, not installed).
+0.21 at J=0.85, 1e-7 at J=0.5). Words are split on whitespace after the
+normalisation (`OfflineTokenizer`; datatrove's English default is spaCy,
+which is not installed).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def build(cfg: ml_collections.ConfigDict, env: StageEnv) -> Stage:
         steps=[NearDuplicateFilter(input_folder=remove)],
         index_passes=[
             IndexPass(steps=[MinhashDedupSignature(output_folder=sigs, config=mh,
-                                                   language=OfflineTokenizer("en"))]),
+                                                   language=OfflineTokenizer("en", whitespace_words=True))]),
             IndexPass(steps=[MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=mh)],
                       reads_documents=False, tasks=cfg.num_buckets),
             IndexPass(steps=[MinhashDedupCluster(input_folder=buckets, output_folder=remove, config=mh)],

@@ -153,7 +153,8 @@ class StackExchangeXmlReader(BaseDiskReader):
 
     The site is the name of the folder holding ``Posts.xml`` (the dump's
     layout, ``math.stackexchange.com/Posts.xml``). Counted skips: a row
-    without ``Id`` / ``PostTypeId`` / ``Body`` (``skipped_row_missing_field``),
+    without ``Id`` / ``PostTypeId`` / ``Body`` (``skipped_row_missing_field``) or
+    with a non-integer ``Id`` / ``Score`` / ``ParentId`` (``skipped_row_bad_number``),
     an answer whose question is absent (``skipped_orphan_answer``), and a file
     that is not well-formed XML (``skipped_malformed_xml``: its questions
     parsed before the error are kept, the error is logged with file and line).
@@ -198,12 +199,19 @@ class StackExchangeXmlReader(BaseDiskReader):
             self.stat_update("skipped_row_missing_field")
             logger.warning(f"skipped a row of {filepath} (Id={row.get('Id')}): no {', '.join(missing)}")
             return
-        kind, pid, score = row["PostTypeId"], int(row["Id"]), int(row.get("Score") or 0)
+        try:
+            kind, pid, score = row["PostTypeId"], int(row["Id"]), int(row.get("Score") or 0)
+            parent = int(row["ParentId"]) if kind == "2" else None
+        except ValueError:
+            self.stat_update("skipped_row_bad_number")
+            logger.warning(f"skipped a row of {filepath} (Id={row.get('Id')}): Id, Score or ParentId "
+                           "is not an integer")
+            return
         if kind == "1":
             questions[pid] = {"body": row["Body"], "title": row.get("Title", ""), "score": score,
                               "question_id": pid}
         elif kind == "2":
-            answers.setdefault(int(row["ParentId"]), []).append({"id": pid, "score": score, "text": row["Body"]})
+            answers.setdefault(parent, []).append({"id": pid, "score": score, "text": row["Body"]})
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         """Read this task's files."""

@@ -51,7 +51,7 @@ imatge datoteka slika kategorija fájl kép kategória датотека слик
 """.split())
 
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref\s*>", re.DOTALL | re.IGNORECASE)
+_REF = re.compile(r"<ref(?:\s[^>]*)?/>|<ref(?:\s[^>]*)?>.*?</ref\s*>", re.DOTALL | re.IGNORECASE)
 _DROP_TAGS = re.compile(r"<(gallery|timeline|score|graph|imagemap|references)\b[^>]*>.*?</\1\s*>",
                         re.DOTALL | re.IGNORECASE)
 _TEMPLATE = re.compile(r"\{\{(?:(?!\{\{|\}\}).)*\}\}", re.DOTALL)  # innermost {{...}}
