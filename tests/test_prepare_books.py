@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import pickle
 import random
 import string
 
@@ -129,3 +130,10 @@ def test_config_errors_and_config_file():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.get_config().stages == ("minhash",)
+
+
+def test_steps_survive_pickling_for_multiprocess_executors():
+    built = minhash.build(minhash.default_config(), stage.StageEnv(name="minhash", work_dir="/tmp/unused", tasks=1))
+    steps = list(built.steps) + [s for p in built.index_passes for s in p.steps]
+    copies = pickle.loads(pickle.dumps(steps))
+    assert copies[1].word_tokenizer.word_tokenize("a b") == ["a", "b"]

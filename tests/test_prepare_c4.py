@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import pickle
 
 import pytest
 from datatrove.data import Document
@@ -143,3 +144,9 @@ def test_config_file_lists_c4_then_ccnet_stages():
     pytest.importorskip("llama_jax.prepare.language")
     cfg = module.get_config()
     assert cfg.stages == ("c4_quality", "line_dedup", "language") and cfg.c4_quality.min_sentences == 5
+
+
+def test_steps_survive_pickling_for_multiprocess_executors():
+    steps = pickle.loads(pickle.dumps(c4.build(c4.default_config(), _env()).steps))
+    out = list(steps[1].run(steps[0].run(iter([_page(*GOOD)]))))
+    assert [d.text for d in out] == ["\n".join(GOOD)]

@@ -97,6 +97,12 @@ def test_license_headers_are_stripped(header, kept_head):
     assert text == kept_head + CODE and removed >= 1
 
 
+def test_c_preprocessor_lines_are_not_comments():
+    text = "#define LICENSE_CHECK 1\n#include <stdio.h>\n" + CODE
+    assert github.strip_license_header(text) == (text, 0)
+    assert github.strip_license_header(MIT_HEADER + text) == (text, 1)
+
+
 def test_a_plain_leading_comment_is_kept():
     text = "// Adds two numbers.\n" + CODE
     assert github.strip_license_header(text) == (text, 0)

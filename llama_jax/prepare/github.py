@@ -33,8 +33,10 @@ ALLOWED_LICENSES = ("apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause")
 
 # A leading comment block of one of the common syntaxes (C / Java / JS / Go /
 # Rust block comments, // # -- ; % line comments, HTML / XML comments).
+_DIRECTIVE = r"\s*(?:include|define|if|ifdef|ifndef|pragma|import|undef|endif)\b"  # C preprocessor, not comments
 _LEADING_COMMENT = re.compile(
-    r"\A[ \t]*(?:/\*.*?\*/|<!--.*?-->|(?:[ \t]*(?://|#|--|;|%)[^\n]*(?:\n|\Z))+)[ \t]*\n?",
+    r"\A[ \t]*(?:/\*.*?\*/|<!--.*?-->|"
+    r"(?:[ \t]*(?://|#(?!" + _DIRECTIVE + r")|--|;|%)[^\n]*(?:\n|\Z))+)[ \t]*\n?",
     re.DOTALL,
 )
 _SHEBANG = re.compile(r"\A(?:#![^\n]*\n|[ \t]*#.*coding[:=][^\n]*\n)+")
