@@ -257,10 +257,11 @@ class _Logger:
         evals = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("eval_loss/")}
         if evals:
             text += " | held-out " + " ".join(f"{k} {v:.3f}" for k, v in evals.items())
-        tasks = {k[5:]: v for k, v in record.items()  # task/<name>/<metric>, top level only
-                 if k.startswith("task/") and k.count("/") == 2 and not k.endswith("/num_examples")}
+        tasks = {k[5:-15]: v for k, v in record.items()  # task/<name>/primary_metric
+                 if k.startswith("task/") and k.endswith("/primary_metric")}
         if tasks:
-            text += " | tasks " + " ".join(f"{k} {v:.3f}" for k, v in tasks.items())
+            text += " | tasks " + " ".join(f"{k} {m} {record[f'task/{k}/{m}']:.3f}"
+                                           for k, m in tasks.items())
         self.bar.update(step, text)
         if not self.bar.enabled or evals or tasks:
             with self.bar.suspended():  # The log line on a line of its own.

@@ -184,9 +184,10 @@ class TaskEvaluator:
             raise ValueError("a LoRA run's task evaluation needs the base params")
         return lora_lib.merge(nn.meta.unbox(base), params, self.lora)
 
-    def __call__(self, params, base: Any = None) -> dict[str, float]:
+    def __call__(self, params, base: Any = None) -> dict[str, float | str]:
         """Run every task on `params` (with LoRA, adapters on `base`): the
-        ``task/<key>/<metric>`` values. Every process calls it (SPMD)."""
+        ``task/<key>/<metric>`` values and ``task/<key>/primary_metric`` (the
+        headline metric's name). Every process calls it (SPMD)."""
         tree = self.eval_params(params, base)
         # Already on the mesh: place_params checks the tree and aliases the buffers.
         tree = placement.place_params(self.config, tree, self.mesh, self.rules)
@@ -194,7 +195,7 @@ class TaskEvaluator:
         for engine in (self.scorer, self.generator):
             if engine is not None:
                 engine.params = tree
-        out: dict[str, float] = {}
+        out: dict[str, float | str] = {}
         self.last_results = {}
         try:
             for spec in self.specs:
@@ -202,6 +203,9 @@ class TaskEvaluator:
                                limit=spec.limit, keep_predictions=True)[spec.task.name]
                 self.last_results[spec.key] = res
                 out.update(flatten_metrics(spec.key, res))
+                # The headline metric's name (JSONL only: TensorBoard takes numbers): what
+                # the log line and `python -m llama_jax.plot_tasks` show by default.
+                out[f"task/{spec.key}/primary_metric"] = res["primary_metric"]
                 logging.info("task %s at this step: %s=%.4f", spec.key, res["primary_metric"],
                              res.get(res["primary_metric"], float("nan")))
         finally:
