@@ -32,6 +32,7 @@ from llama_jax.train.metrics import read_metrics
 
 PERPLEXITY = ("train", "heldout")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LOG_X_SPAN = 4.0  # max / min perplexity above which that axis is log-scaled
 MAX_COLUMNS = 3  # panels per row (Figure 2: 2 x 3)
 # --metric=auto where a record names no headline metric (runs of older trainers).
 FALLBACK_METRICS = ("acc_norm", "acc", "exact_match")
@@ -158,6 +159,9 @@ def build_figure(runs: Sequence[TaskRun], *, title: str | None = None,
                 ax.xaxis.set_major_formatter(FuncFormatter(format_tokens))
             else:
                 ax.set_xlabel("Training perplexity")
+                lo, hi = ax.dataLim.intervalx
+                if lo > 0 and hi / lo > LOG_X_SPAN:  # early steps: perplexity falls by decades
+                    ax.set_xscale("log")
             ax.grid(True, alpha=0.35)
             if len(runs) > 1 and i == 0:
                 ax.legend(loc="best", fontsize=8)

@@ -7,6 +7,7 @@ final checkpoint; the scorer compiles once for all evaluations and holds no
 copy of the params; bad settings fail before anything compiles.
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -67,27 +68,36 @@ def _config(root, eval_dir, **extra):
         "checkpoint.every": 100, **extra})
 
 
-@pytest.fixture(scope="module")
-def run(root, eval_dir, tmp_path_factory):
-    """A micro run with task evals at steps 2 and 4; the evaluator captured after each call."""
-    wd = tmp_path_factory.mktemp("run")
+@contextlib.contextmanager
+def spying():
+    """Record, after every `TaskEvaluator` call: the scorer's trace count, the results
+    (with predictions), the logged values, the params the scorer still holds, and
+    whether the scorer's params were the state's own buffers."""
     calls = []
     real_call = te.TaskEvaluator.__call__
 
     def spy(self, params, base=None):
         out = real_call(self, params, base)
-        # What the scorer was handed: the state's own buffers, not a copy.
-        placed = te.placement.place_params(self.config, self.eval_params(params), self.mesh,
-                                           self.rules)
-        aliased = all(_pointer(a) == _pointer(b) for a, b in zip(
-            jax.tree_util.tree_leaves(te.nn.meta.unbox(params)),
-            jax.tree_util.tree_leaves(placed), strict=True))
+        placed = te.placement.place_params(self.config, self.eval_params(params, base),
+                                           self.mesh, self.rules)
+        source = params if base is None else base  # LoRA: the base, merged into
+        aliased = [_pointer(a) == _pointer(b) for a, b in zip(
+            jax.tree_util.tree_leaves(te.nn.meta.unbox(source)),
+            jax.tree_util.tree_leaves(placed), strict=True)]
         calls.append({"traces": self.scorer.trace_count, "results": self.last_results,
                       "metrics": out, "scorer_params": self.scorer.params, "aliased": aliased})
         return out
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(te.TaskEvaluator, "__call__", spy)
+        yield calls
+
+
+@pytest.fixture(scope="module")
+def run(root, eval_dir, tmp_path_factory):
+    """A micro run with task evals at steps 2 and 4; the evaluator spied on."""
+    wd = tmp_path_factory.mktemp("run")
+    with spying() as calls:
         result = train_and_evaluate(_config(root, eval_dir), str(wd))
     assert result.status == "completed"
     return wd, calls
@@ -140,7 +150,7 @@ def test_scorer_compiles_once_and_shares_the_live_params(run):
     assert len(calls) == 2
     assert calls[0]["traces"] >= 1 and calls[1]["traces"] == calls[0]["traces"]
     assert calls[0]["scorer_params"] is None  # no reference kept between evals
-    assert all(c["aliased"] for c in calls)
+    assert all(all(c["aliased"]) for c in calls)
     # Different params at step 2 and 4: the log-likelihoods moved.
     ll = [c["results"]["hellaswag"]["predictions"][0]["loglikelihoods"] for c in calls]
     assert not np.allclose(ll[0], ll[1])
@@ -180,3 +190,42 @@ def test_bad_settings_fail_before_compiling(root, eval_dir, tmp_path, monkeypatc
     for i, (extra, match) in enumerate(cases):
         with pytest.raises(ConfigError, match=match):
             train_and_evaluate(_config(root, eval_dir, **extra), str(tmp_path / f"w{i}"))
+
+
+@pytest.mark.slow  # ~45 s: a transformers checkpoint to start from
+def test_lora_run_scores_the_merged_view(root, eval_dir, tmp_path):
+    """With LoRA the tasks see W + s A B: the same numbers as the eval runner on the
+    workdir (which `from_pretrained` merges), the path ``python -m llama_jax.eval`` takes."""
+    pytest.importorskip("transformers")
+    import sft_helpers as sh
+
+    from llama_jax.convert import from_pretrained
+    from llama_jax.data.tokenizer import load_tokenizer
+    from llama_jax.eval.runner import build_context, evaluate
+    from llama_jax.eval.tasks import parse_task_list
+
+    hf_dir = sh.make_hf_checkpoint(root, tmp_path / "hf")
+    c = th.micro_config(root, **{**sh.init_overrides(hf_dir, sh.write_chat(tmp_path / "c.jsonl")),
+                                 "train.steps": 2, "train.eval_tasks": "hellaswag,arc_easy:0",
+                                 "train.eval_tasks_every": 2, "train.eval_tasks_limit": LIMIT,
+                                 "train.eval_tasks_data_dir": str(eval_dir)})
+    c.model.lora.rank, c.model.lora.alpha = 4, 8.0
+    wd = tmp_path / "wd"
+    with spying() as calls:
+        assert train_and_evaluate(c, str(wd)).status == "completed"
+    logged = [r for r in metrics.read_metrics(wd) if "task/arc_easy/acc" in r]
+    assert [r["step"] for r in logged] == [2]
+    config, params = from_pretrained(str(wd))
+    ctx = build_context(config, params, load_tokenizer(wd / "tokenizer.model"))
+    ref = evaluate(ctx, parse_task_list("hellaswag,arc_easy:0"), str(eval_dir), limit=LIMIT,
+                   keep_predictions=True)
+    (call,) = calls
+    # Only the adapted kernels (wq, wv) are merged copies, for the eval; the rest is the base's.
+    assert 0 < sum(call["aliased"]) < len(call["aliased"])
+    for key in ("hellaswag", "arc_easy"):
+        for metric in ("acc", "acc_norm"):
+            assert logged[0][f"task/{key}/{metric}"] == ref[key][metric]
+        for ours, theirs in zip(call["results"][key]["predictions"], ref[key]["predictions"],
+                                strict=True):
+            np.testing.assert_allclose(ours["loglikelihoods"], theirs["loglikelihoods"],
+                                       rtol=1e-5, atol=1e-4)

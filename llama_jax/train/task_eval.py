@@ -206,8 +206,6 @@ class TaskEvaluator:
                 # The headline metric's name (JSONL only: TensorBoard takes numbers): what
                 # the log line and `python -m llama_jax.plot_tasks` show by default.
                 out[f"task/{spec.key}/primary_metric"] = res["primary_metric"]
-                logging.info("task %s at this step: %s=%.4f", spec.key, res["primary_metric"],
-                             res.get(res["primary_metric"], float("nan")))
         finally:
             # Hold no reference to the state's arrays between evals (the train step donates them).
             self._params = None
