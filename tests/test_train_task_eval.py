@@ -11,6 +11,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -24,6 +25,7 @@ from llama_jax.train import task_eval as te
 from llama_jax.train.loop import train_and_evaluate
 
 STEPS, EVERY, LIMIT = 4, 2, 3
+SLEEP_S = 1.0  # added to each evaluation of the `run` fixture
 
 
 def _jsonl(path, records):
@@ -69,15 +71,17 @@ def _config(root, eval_dir, **extra):
 
 
 @contextlib.contextmanager
-def spying():
+def spying(sleep_s: float = 0.0):
     """Record, after every `TaskEvaluator` call: the scorer's trace count, the results
     (with predictions), the logged values, the params the scorer still holds, and
-    whether the scorer's params were the state's own buffers."""
+    whether the scorer's params were the state's own buffers. `sleep_s` lengthens
+    each evaluation (the loop must leave it out of the throughput)."""
     calls = []
     real_call = te.TaskEvaluator.__call__
 
     def spy(self, params, base=None):
         out = real_call(self, params, base)
+        time.sleep(sleep_s)
         placed = te.placement.place_params(self.config, self.eval_params(params, base),
                                            self.mesh, self.rules)
         source = params if base is None else base  # LoRA: the base, merged into
@@ -97,7 +101,7 @@ def spying():
 def run(root, eval_dir, tmp_path_factory):
     """A micro run with task evals at steps 2 and 4; the evaluator spied on."""
     wd = tmp_path_factory.mktemp("run")
-    with spying() as calls:
+    with spying(sleep_s=SLEEP_S) as calls:
         result = train_and_evaluate(_config(root, eval_dir), str(wd))
     assert result.status == "completed"
     return wd, calls
@@ -136,6 +140,9 @@ def test_run_logs_task_metrics_at_the_configured_steps(run):
         assert "lr" in r and "loss_mean" in r  # the step's training record, joined
     steps = [r["step"] for r in recs if "loss" in r]
     assert len(steps) == len(set(steps))  # one record per step
+    # The step after an evaluation: its window leaves the evaluation's (>= 1 s) time out.
+    step3 = next(r for r in recs if r["step"] == 3)
+    assert step3["steps_per_s"] > 2.0 / SLEEP_S
     assert [c["metrics"] for c in calls] == [
         {k: v for k, v in tasked[s].items() if k.startswith("task/")} for s in (2, 4)]
     # TensorBoard has the scalars too.
@@ -229,3 +236,41 @@ def test_lora_run_scores_the_merged_view(root, eval_dir, tmp_path):
                                 strict=True):
             np.testing.assert_allclose(ours["loglikelihoods"], theirs["loglikelihoods"],
                                        rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow  # ~60 s: two training processes
+@pytest.mark.multiprocess
+def test_two_processes_log_the_numbers_of_one(run, root, eval_dir, tmp_path):
+    """2 processes x 2 devices (gloo): every process runs the tasks (SPMD), process 0
+    writes; the numbers are the single-process run's (the `run` fixture)."""
+    import os
+
+    from process_helpers import LoggedProcesses, free_port
+
+    wd_one, _ = run
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(th.REPO), *env.get("PYTHONPATH", "").split(os.pathsep)])
+    two = tmp_path / "two"
+    task_flags = {"train.steps": STEPS, "train.eval_tasks": "hellaswag,arc_easy:0",
+                  "train.eval_tasks_every": EVERY, "train.eval_tasks_limit": LIMIT,
+                  "train.eval_tasks_data_dir": str(eval_dir), "checkpoint.every": 100}
+    runs = [(f"process_{pid}", [
+        sys.executable, "-m", "llama_jax.train", f"--config={th.REPO / 'configs' / 'tiny.py'}",
+        f"--workdir={two}", *th.override_flags(root, **task_flags, **{
+            "distributed.enabled": "yes", "distributed.coordinator_address": f"localhost:{port}",
+            "distributed.num_processes": 2, "distributed.process_id": pid})], env)
+        for pid in range(2)]
+    with LoggedProcesses(runs, tmp_path, cwd=th.REPO, timeout_s=420) as procs:
+        codes = procs.wait()
+        logs = procs.logs()
+    assert codes == [0, 0], "\n".join(text[-3000:] for text in logs.values())
+    for text in logs.values():
+        assert "task arc_easy: acc_norm=" in text  # each process scored
+    got = {r["step"]: r for r in metrics.read_metrics(two) if "task/hellaswag/acc" in r}
+    want = {r["step"]: r for r in metrics.read_metrics(wd_one) if "task/hellaswag/acc" in r}
+    assert sorted(got) == sorted(want) == [2, 4]  # one record per step: one writer
+    for step, rec in want.items():
+        assert {k: v for k, v in got[step].items() if k.startswith("task/")} == {
+            k: v for k, v in rec.items() if k.startswith("task/")}
