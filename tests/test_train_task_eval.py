@@ -274,3 +274,35 @@ def test_two_processes_log_the_numbers_of_one(run, root, eval_dir, tmp_path):
     for step, rec in want.items():
         assert {k: v for k, v in got[step].items() if k.startswith("task/")} == {
             k: v for k, v in rec.items() if k.startswith("task/")}
+
+
+def test_generative_task_on_live_params_matches_the_eval_runner(root, eval_dir):
+    """NaturalQuestions (greedy generation) through the evaluator's `Generator`, twice:
+    the same answers as `build_context` + `evaluate` on a placed copy, no retrace."""
+    import optax
+
+    from llama_jax.data.tokenizer import load_tokenizer
+    from llama_jax.eval.runner import build_context, evaluate
+    from llama_jax.model.config import LlamaConfig
+    from llama_jax.train.step import init_train_state
+
+    _jsonl(eval_dir / "naturalqs/NQ-open.test.jsonl", [
+        {"question": "what does import do", "answer": ["loads a module"]},
+        {"question": "what is a list", "answer": ["a sequence"]}])
+    cfg = LlamaConfig(dim=64, n_layers=2, n_heads=4, vocab_size=th.VOCAB, multiple_of=32,
+                      max_seq_len=128)
+    mesh, rules = trainer.mesh_and_rules(th.micro_config(root))
+    state, _ = init_train_state(cfg, optax.sgd(0.1), mesh, rules, jax.random.key(0))
+    tok = load_tokenizer(root / "tok.model")
+    ev = te.TaskEvaluator(te.parse_eval_tasks("naturalqs:0"), cfg, tok, mesh, rules,
+                          str(eval_dir), every=1, total_steps=1)
+    first = ev(state.params)
+    traces = dict(ev.generator.trace_count)
+    assert ev(state.params) == first and ev.generator.trace_count == traces
+    assert ev.generator.params is None and ev.scorer is None  # built on first use only
+    ctx = build_context(cfg, jax.tree.map(np.asarray, te.nn.meta.unbox(state.params)), tok,
+                        mesh=mesh, rules=rules)
+    ref = evaluate(ctx, te.parse_task_list("naturalqs:0"), str(eval_dir),
+                   keep_predictions=True)["naturalqs"]
+    assert ev.last_results["naturalqs"]["predictions"] == ref["predictions"]
+    assert first["task/naturalqs/exact_match"] == ref["exact_match"]

@@ -137,7 +137,8 @@ class TaskEvaluator:
       every: steps between evaluations (they also run at `total_steps`).
       total_steps: the run's last step.
       batch_size: rows per compiled scoring / generation batch.
-      seed: few-shot sampling and generation seed.
+      seed: few-shot sampling and generation seed (`from_config`: 0, the eval
+        CLI's default ``--seed``, so the numbers are the CLI's on a checkpoint).
       lora: the run's LoRA config (params are then adapters on a base).
     """
 
@@ -204,7 +205,7 @@ class TaskEvaluator:
                 self.last_results[spec.key] = res
                 out.update(flatten_metrics(spec.key, res))
                 # The headline metric's name (JSONL only: TensorBoard takes numbers): what
-                # the log line and `python -m llama_jax.plot_tasks` show by default.
+                # the log line and ``python -m llama_jax.plot --figure=tasks`` show by default.
                 out[f"task/{spec.key}/primary_metric"] = res["primary_metric"]
         finally:
             # Hold no reference to the state's arrays between evals (the train step donates them).
@@ -229,5 +230,5 @@ def from_config(config: ml_collections.ConfigDict, model_config: LlamaConfig, to
     check_data_dir(specs, os.path.expanduser(t.eval_tasks_data_dir))
     return TaskEvaluator(specs, model_config, tokenizer, mesh, rules,
                          os.path.expanduser(t.eval_tasks_data_dir), every=t.eval_tasks_every,
-                         total_steps=t.steps, batch_size=t.eval_tasks_batch_size, seed=t.seed,
-                         lora=lora)
+                         total_steps=t.steps, batch_size=t.eval_tasks_batch_size,
+                         seed=0, lora=lora)  # the eval CLI's default --seed: the same few shots
