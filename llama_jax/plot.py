@@ -1,6 +1,11 @@
 """Loss-vs-tokens PNG of training runs, in the style of the paper's Figure 1 (matplotlib).
 
     python -m llama_jax.plot WORKDIR [OTHER_WORKDIR ...] [--out=loss.png]
+    python -m llama_jax.plot WORKDIR [...] --figure=tasks [--out=figure2.png]
+
+``--figure=tasks`` draws the paper's Figure 2 instead: the benchmark accuracies
+that ``train.eval_tasks`` logged, against tokens and against training
+perplexity (`llama_jax.plot_tasks`; ``--metric``, ``--perplexity``).
 
 Reads each ``WORKDIR/metrics.jsonl`` and draws the training loss (``loss_mean``,
 the mean since the previous record) against the tokens seen as a line, with
@@ -26,12 +31,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from llama_jax import plot_tasks
 from llama_jax.cli import run_cli
 from llama_jax.errors import DataError
+from llama_jax.plot_tasks import MARKERS, format_tokens  # shared with Figure 2
 from llama_jax.train.metrics import read_metrics
 
 LOG_X_SPAN = 30.0  # max / min logged tokens above which the tokens axis is log-scaled
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 @dataclasses.dataclass
@@ -86,14 +92,6 @@ def load_run(workdir: str | Path, name: str | None = None, smooth: float = 0.0) 
         raise DataError(f"{workdir / 'metrics.jsonl'} holds no finite loss to plot "
                         "(did the run log any step?)")
     return RunCurves(name or workdir.resolve().name, (train_x, ema(train_y, smooth)), heldout)
-
-
-def format_tokens(x: float, _pos=None) -> str:
-    """'512', '10K', '2.5M', '1.4B', '1T' for a token count."""
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{unit}"
-    return f"{x:.3g}"
 
 
 def _padded(lo: float, hi: float, frac: float = 0.05) -> tuple[float, float]:
@@ -162,24 +160,41 @@ def plot_run(workdir: str | Path, out: str | Path, *, title: str | None = None,
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "loss.png", "Output PNG path.")
+flags.DEFINE_enum("figure", "loss", ("loss", "tasks"), "'loss': loss against tokens (Figure 1); "
+                  "'tasks': task accuracy against tokens and perplexity (Figure 2).")
+flags.DEFINE_string("out", None, "Output PNG path (default: loss.png, or figure2.png with "
+                    "--figure=tasks).")
 flags.DEFINE_list("labels", [], "Run names, one per workdir (default: the folder names).")
 flags.DEFINE_float("smooth", 0.0, "EMA weight on the past for the training loss, in [0, 1) (0 = raw).")
-flags.DEFINE_string("title", None, "Title above the plot (default: '<run names>: loss against tokens seen').")
+flags.DEFINE_string("title", None, "Title above the plot (default: '<run names>: loss against "
+                    "tokens seen', or '...: task accuracy during training').")
+flags.DEFINE_string("metric", "auto", "--figure=tasks: the metric per task, 'auto' (each task's "
+                    "headline metric) or a name such as acc, acc_norm.")
+flags.DEFINE_enum("perplexity", "train", plot_tasks.PERPLEXITY, "--figure=tasks: x of the lower "
+                  "panels, exp of the training loss ('train') or of the mean held-out loss "
+                  "('heldout').")
 
 
 def main(argv: Sequence[str]) -> None:
     """Plot each WORKDIR's metrics into --out (errors: `llama_jax.cli`, exit 2)."""
     workdirs = argv[1:]
     if not workdirs:
-        raise app.UsageError("usage: python -m llama_jax.plot WORKDIR [WORKDIR ...] [--out=loss.png]")
+        raise app.UsageError("usage: python -m llama_jax.plot WORKDIR [WORKDIR ...] [--out=loss.png] "
+                             "[--figure=tasks]")
     labels = FLAGS.labels or [None] * len(workdirs)
     if len(labels) != len(workdirs):
         raise app.UsageError(f"--labels has {len(labels)} names for {len(workdirs)} workdirs")
     if not 0.0 <= FLAGS.smooth < 1.0:
         raise app.UsageError(f"--smooth={FLAGS.smooth} must be in [0, 1)")
+    if FLAGS.figure == "tasks":
+        task_runs = [plot_tasks.load_task_run(w, label, metric=FLAGS.metric,
+                                              perplexity=FLAGS.perplexity)
+                     for w, label in zip(workdirs, labels, strict=True)]
+        path = plot_tasks.draw_tasks(task_runs, FLAGS.out or "figure2.png", title=FLAGS.title)
+        print(f"wrote {path}", file=sys.stderr)
+        return
     runs = [load_run(w, label, FLAGS.smooth) for w, label in zip(workdirs, labels, strict=True)]
-    path = draw_runs(runs, FLAGS.out, title=FLAGS.title)
+    path = draw_runs(runs, FLAGS.out or "loss.png", title=FLAGS.title)
     print(f"wrote {path}", file=sys.stderr)
 
 

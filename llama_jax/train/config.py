@@ -78,6 +78,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10  # steps between metrics records
     c.train.eval_every = 0  # steps between held-out evals; 0 = only at the end
     c.train.eval_batches = 4  # held-out batches per source per eval
+    # Benchmarks during training (the paper's Figure 2; train/task_eval.py, docs/training.md):
+    # the eval CLI's --tasks, each item name[:shots][@limit], e.g. 'hellaswag,arc_easy:0@200';
+    # run on the live params every eval_tasks_every steps and at the end (0 = off),
+    # logged as task/<name>/<metric>.
+    c.train.eval_tasks = ""
+    c.train.eval_tasks_every = 0
+    c.train.eval_tasks_limit = config_dict.placeholder(int)  # items without '@limit'; None = all
+    c.train.eval_tasks_data_dir = ""  # one folder of data files per task, as eval's --data_dir
+    c.train.eval_tasks_batch_size = 8  # rows per compiled scoring / generation batch
     c.train.seed = 0  # model init and RNG
     c.train.on_nonfinite = "stop"  # NaN/Inf loss: 'stop' (keep the last good checkpoint) | 'skip'
     c.train.max_consecutive_skips = 20  # with 'skip': stop after this many in a row
@@ -237,6 +246,16 @@ def validate(config: ml_collections.ConfigDict) -> LlamaConfig:
         raise ConfigError(f"train.progress={t.progress!r} is not one of {PROGRESS}")
     if t.eval_every < 0 or t.eval_batches < 0:
         raise ConfigError("train.eval_every and train.eval_batches must be >= 0")
+    if t.eval_tasks_every < 0:
+        raise ConfigError(f"train.eval_tasks_every={t.eval_tasks_every} must be >= 0 (0 = off)")
+    if t.eval_tasks_every > 0 and not t.eval_tasks.strip():
+        raise ConfigError(f"train.eval_tasks_every={t.eval_tasks_every} but train.eval_tasks is "
+                          "empty; list tasks, e.g. --config.train.eval_tasks=hellaswag,arc_easy")
+    if t.eval_tasks_limit is not None and t.eval_tasks_limit < 1:
+        raise ConfigError(f"train.eval_tasks_limit={t.eval_tasks_limit} must be >= 1 (leave it "
+                          "unset for every example)")
+    if t.eval_tasks_batch_size < 1:
+        raise ConfigError(f"train.eval_tasks_batch_size={t.eval_tasks_batch_size} must be >= 1")
     ck = config.checkpoint
     if ck.every <= 0 or ck.keep <= 0:
         raise ConfigError(f"checkpoint.every={ck.every} and checkpoint.keep={ck.keep} "

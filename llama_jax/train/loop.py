@@ -8,7 +8,9 @@ paths and tokenizer -> mesh and rules -> abstract state -> restore (or init)
 -> jitted steps -> loop. The loop feeds packed global batches from the grain
 iterator to the jitted train step, logs every ``train.log_every`` steps (with
 per-source token and epoch counts summed over all processes), evaluates
-held-out loss per source every ``train.eval_every`` steps, saves
+held-out loss per source every ``train.eval_every`` steps, runs benchmark
+tasks on the live params every ``train.eval_tasks_every`` steps
+(`task_eval.TaskEvaluator`, the paper's Figure 2), saves
 asynchronously every ``checkpoint.every`` steps and at the end, and on
 SIGTERM/SIGINT saves at the next step boundary and returns
 ``status='preempted'`` (exit status 0).
@@ -49,6 +51,7 @@ from llama_jax.train import checkpoint as ckpt_lib
 from llama_jax.train import config as train_config
 from llama_jax.train import init_checkpoint as init_lib
 from llama_jax.train import lora_state as lora_lib
+from llama_jax.train import task_eval as task_eval_lib
 from llama_jax.train.data import DataSetup, setup_data
 from llama_jax.train.sft_data import setup_sft
 from llama_jax.train.step import (
@@ -254,8 +257,13 @@ class _Logger:
         evals = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("eval_loss/")}
         if evals:
             text += " | held-out " + " ".join(f"{k} {v:.3f}" for k, v in evals.items())
+        tasks = {k[5:-15]: v for k, v in record.items()  # task/<name>/primary_metric
+                 if k.startswith("task/") and k.endswith("/primary_metric")}
+        if tasks:
+            text += " | tasks " + " ".join(f"{k} {m} {record[f'task/{k}/{m}']:.3f}"
+                                           for k, m in tasks.items())
         self.bar.update(step, text)
-        if not self.bar.enabled or evals:
+        if not self.bar.enabled or evals or tasks:
             with self.bar.suspended():  # The log line on a line of its own.
                 logging.info("step %d/%d: %s", step, self.total, text)
 
@@ -346,6 +354,8 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
     _keep_tokenizer(data.tokenizer_path, workdir)
     mesh, rules = mesh_and_rules(config)
     _check_batch_divides(config, mesh)
+    # Unknown tasks, a missing data folder: before anything compiles.
+    tasks = task_eval_lib.from_config(config, mcfg, data.tokenizer, mesh, rules, lora)
     skip = t.on_nonfinite == "skip"
     tx = optim.optimizer_from_config(config.optimizer, t.steps, skip_nonfinite=skip,
                                      max_consecutive_skips=t.max_consecutive_skips + 1)
@@ -437,12 +447,19 @@ def _train(config: ml_collections.ConfigDict, mcfg: LlamaConfig, workdir: str,
                 final = step == t.steps
                 due_eval = bool(data.eval_batches) and (
                     final or (t.eval_every > 0 and step % t.eval_every == 0))
-                if stopping or final or checkpointer.should_save(step) or due_eval:
-                    tracker.settle(hold=due_eval)  # Never save or evaluate an unchecked state.
-                if due_eval:
+                due_tasks = tasks is not None and tasks.due(step)
+                if stopping or final or checkpointer.should_save(step) or due_eval or due_tasks:
+                    # Never save or evaluate an unchecked state.
+                    tracker.settle(hold=due_eval or due_tasks)
+                if due_eval or due_tasks:  # One record; the time is left out of throughput.
                     t_eval = time.perf_counter()
-                    eval_losses = _evaluate(eval_step, (state.params, *base), data, mesh, rules)
-                    log.add_eval(step, eval_losses, time.perf_counter() - t_eval)
+                    evals = {}
+                    if due_eval:
+                        eval_losses = _evaluate(eval_step, (state.params, *base), data, mesh, rules)
+                        evals.update(eval_losses)
+                    if due_tasks:
+                        evals.update(tasks(state.params, *base))
+                    log.add_eval(step, evals, time.perf_counter() - t_eval)
                 if stopping or final or checkpointer.should_save(step):
                     save(step, force=True)
                 if stopping:
