@@ -32,6 +32,7 @@ import sys
 from llama_jax.errors import ConfigError
 from llama_jax.prepare import stage as stage_lib
 from llama_jax.prepare import stats as stats_lib
+from llama_jax.prepare import tokenize
 from llama_jax.prepare.config import EXECUTORS
 from llama_jax.prepare.readers import JsonlDocReader, ShardReader, expand_input
 from llama_jax.prepare.stats import StageMeter, StepRole
@@ -64,6 +65,8 @@ class Plan:
     tasks: int
     stages: list[str]
     segments: list[Segment]
+    tokenizer: str = ""
+    vocab_size: int = 0
 
     @property
     def data_dir(self) -> str:
@@ -126,9 +129,15 @@ def make_plan(cfg) -> Plan:
         roles.append(StepRole(stage.name, "meter"))
     steps.append(make_writer(os.path.join(output, "data"), cfg.output_format))
     roles.append(StepRole("output", "other"))
+    tokenizer, vocab_size = "", 0
+    if cfg.tokenizer:
+        tokenizer = os.path.abspath(os.path.expanduser(cfg.tokenizer))
+        vocab_size = tokenize.check_tokenizer(tokenizer)
+        steps.append(tokenize.TokenShardWriter(tokenizer, os.path.join(output, tokenize.TOKENS_DIR)))
+        roles.append(StepRole("output", "other"))
     segments.append(Segment(f"{len(segments):02d}_flow_to_output", steps, tasks, roles))
     return Plan(output=output, files=files, tasks=tasks, stages=[s.name for s in built],
-                segments=segments)
+                segments=segments, tokenizer=tokenizer, vocab_size=vocab_size)
 
 
 def _effective_config(cfg) -> dict:
@@ -275,10 +284,10 @@ def run(cfg, *, print_table: bool = True) -> dict:
         _run_in_order(executors, plan)
     os.makedirs(plan.data_dir, exist_ok=True)  # a run that kept nothing still has its folder
     summary = summarize(plan)
-    if cfg.tokenizer:
-        from llama_jax.prepare.tokenize import tokenize_output
-
-        summary["tokens"] = tokenize_output(cfg, plan)
+    if plan.tokenizer:
+        source = cfg.source or os.path.basename(plan.output.rstrip("/"))
+        summary["tokens"] = tokenize.merge_token_counts(plan.output, source, plan.tokenizer,
+                                                        plan.vocab_size)
     path = os.path.join(plan.output, STATS_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=1)
