@@ -113,6 +113,11 @@ class HashMerger(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         """Sum every shard's counts; write ``duplicates.npy``."""
+        with self.track_time():
+            self._merge()
+        yield from ()
+
+    def _merge(self) -> None:
         paths = sorted(glob.glob(os.path.join(self.work_dir, "counts", "*.npz")))
         if len(paths) != self.tasks:
             raise DataError(f"line_dedup: found {len(paths)} of {self.tasks} hash-count files in "
@@ -130,7 +135,6 @@ class HashMerger(PipelineStep):
         self.stat_update("distinct_lines", value=int(unique.size))
         self.stat_update("duplicate_hashes", value=int(duplicates.size))
         _save_atomic(os.path.join(self.work_dir, "duplicates.npy"), lambda f: np.save(f, duplicates))
-        yield from ()
 
 
 def load_duplicates(work_dir: str) -> np.ndarray:
