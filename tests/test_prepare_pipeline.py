@@ -2,6 +2,7 @@
 output the training sources read, the same output on the local executor and a
 real local Ray cluster, a Slurm dry run, and the CLI."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -127,3 +128,16 @@ def test_cli_runs_and_reports_user_errors(tmp_path):
     assert not os.path.exists(tmp_path / "o2/logs")  # refused before any executor started
     typo = _cli(config, "--config.line_dedupe.enabled=False")
     assert typo.returncode == 2 and "did you mean 'line_dedup'" in typo.stderr
+
+
+def test_ccnet_config_loads_all_or_a_subset_of_its_stages():
+    from llama_jax.train.config_file import load_config_file
+
+    cfg = load_config_file(os.path.join(REPO, "configs/prepare/ccnet.py:language,line_dedup"))
+    assert cfg.stages == ("line_dedup", "language") and cfg.source == "commoncrawl"
+    assert cfg.language.threshold == 0.5 and cfg.language.languages == ("en",)
+    with pytest.raises(ConfigError, match=r"\['minhash'\] not among the CCNet stages"):
+        load_config_file(os.path.join(REPO, "configs/prepare/ccnet.py:line_dedup,minhash"))
+    if all(importlib.util.find_spec(f"llama_jax.prepare.{m}") for m in ("perplexity", "reference")):
+        full = load_config_file(os.path.join(REPO, "configs/prepare/ccnet.py"))
+        assert full.stages == ("line_dedup", "language", "perplexity", "reference")
