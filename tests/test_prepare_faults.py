@@ -134,3 +134,10 @@ def test_killed_run_resumes_without_redoing_finished_tasks(tmp_path):
     assert ph.shard_bytes(out) == ph.shard_bytes(str(tmp_path / "fresh"))
     assert len(ph.shard_bytes(out)) == 4
     assert resumed["stages"] == fresh["stages"]
+
+
+def test_unknown_input_format_is_an_error(tmp_path):
+    ph.write_jsonl(str(tmp_path / "in/a.jsonl"), [{"text": ph.ENGLISH[0]}])
+    cfg = ph.config(str(tmp_path / "in/a.jsonl"), str(tmp_path / "out"), input_format="warc")
+    with pytest.raises(ConfigError, match="input_format='warc' is not one of jsonl"):
+        pipeline.run(cfg, print_table=False)

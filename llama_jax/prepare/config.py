@@ -26,6 +26,8 @@ def source_config(stages: Sequence[str], **run_fields) -> ml_collections.ConfigD
     Run-wide fields (override any with ``--config.<field>=...``):
       input: glob(s) of input files, comma-separated (JSONL, ``.jsonl.gz`` or a
         source's own format).
+      input_format: the reader ("jsonl"; a source may register its own in
+        `llama_jax.prepare.readers.READERS`).
       output: the output folder (shards, ``stats.json``, logs, work files).
       executor: "local", "ray" or "slurm" (datatrove's executors).
       workers: processes (local) or concurrent tasks (ray) at once.
@@ -42,6 +44,7 @@ def source_config(stages: Sequence[str], **run_fields) -> ml_collections.ConfigD
     """
     c = ml_collections.ConfigDict()
     c.input = ""
+    c.input_format = "jsonl"
     c.output = ""
     c.executor = "local"
     c.workers = 1

@@ -34,7 +34,7 @@ from llama_jax.prepare import stage as stage_lib
 from llama_jax.prepare import stats as stats_lib
 from llama_jax.prepare import tokenize
 from llama_jax.prepare.config import EXECUTORS
-from llama_jax.prepare.readers import JsonlDocReader, ShardReader, expand_input
+from llama_jax.prepare.readers import ShardReader, expand_input, make_reader
 from llama_jax.prepare.stats import StageMeter, StepRole
 from llama_jax.prepare.writers import FORMATS, JsonlShardWriter, make_writer
 
@@ -110,7 +110,7 @@ def make_plan(cfg) -> Plan:
         built.append(stage_lib.build(name, cfg[name], env))
 
     segments: list[Segment] = []
-    steps: list = [JsonlDocReader(files), StageMeter("input")]
+    steps: list = [make_reader(cfg.get("input_format", "jsonl"), files), StageMeter("input")]
     roles = [StepRole("input", "reader"), StepRole("input", "meter")]
     for stage in built:
         if stage.index_passes:
@@ -188,13 +188,14 @@ def make_executors(cfg, plan: Plan) -> list:
         else:
             from datatrove.executor.slurm import SlurmPipelineExecutor
 
+            activate = os.path.join(sys.prefix, "bin", "activate")  # this environment, on the nodes
             if not cfg.slurm_partition and not cfg.slurm_dry_run:
                 raise ConfigError("--config.executor=slurm needs --config.slurm_partition=NAME (or "
                                   "--config.slurm_dry_run=True to only write the sbatch scripts)")
             executor = SlurmPipelineExecutor(
                 workers=int(cfg.workers), time=cfg.slurm_time, partition=cfg.slurm_partition or "PARTITION",
                 job_name=f"prepare_{segment.name}", cpus_per_task=1, mem_per_cpu_gb=int(cfg.mem_per_cpu_gb) or 1,
-                venv_path=os.path.join(sys.prefix, "bin", "activate"),
+                venv_path=activate if os.path.isfile(activate) else None,
                 slurm_logs_folder=os.path.join(plan.logging_dir(segment), "slurm_logs"), **kwargs)
         executors.append(executor)
         previous = executor
@@ -267,8 +268,8 @@ def run(cfg, *, print_table: bool = True) -> dict:
     run the command again once the jobs are done to write ``stats.json``.
     """
     plan = make_plan(cfg)
-    check_resume(cfg, plan)
     executors = make_executors(cfg, plan)
+    check_resume(cfg, plan)
     if cfg.executor == "slurm":
         all_done = all(not e.get_incomplete_ranks() for e in executors)
         if not all_done:

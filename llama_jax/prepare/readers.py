@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import importlib
 import json
 import os
 import zlib
@@ -37,6 +38,20 @@ TEXT_NOT_STRING = "text_not_string"
 EMPTY_TEXT = "empty_text"
 SKIP_REASONS = (CORRUPT_GZIP, NOT_UTF8, NOT_JSON, NOT_AN_OBJECT, NO_TEXT_FIELD, TEXT_NOT_STRING,
                 EMPTY_TEXT)
+
+
+# --config.input_format -> "module:callable" taking the input file list and returning
+# a datatrove reader step (a source with its own format registers it here).
+READERS: dict[str, str] = {"jsonl": "llama_jax.prepare.readers:JsonlDocReader"}
+
+
+def make_reader(input_format: str, files: Sequence[str]):
+    """The reader step of `input_format` (a `READERS` key) over `files`."""
+    if input_format not in READERS:
+        raise ConfigError(f"--config.input_format={input_format!r} is not one of "
+                          f"{', '.join(sorted(READERS))}")
+    module, name = READERS[input_format].split(":")
+    return getattr(importlib.import_module(module), name)(files)
 
 
 def expand_input(patterns: str, flag: str = "config.input") -> list[str]:
