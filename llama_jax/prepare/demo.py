@@ -23,6 +23,7 @@ import argparse
 import glob
 import gzip
 import html
+import importlib.util
 import json
 import os
 import random
@@ -77,9 +78,11 @@ _IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 def foreign_pages(max_per_language: int) -> Iterator[tuple[str, str]]:
     """(url, text): lm-eval's French, German and Spanish MMLU few-shot questions and choices."""
-    import lm_eval
-
-    root = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "llama3", "instruct")
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the demo's non-English pages come from lm-eval's task files, and lm_eval is not "
+                        "installed; install it with pip install -e '.[lm_eval]'")
+    root = os.path.join(list(spec.submodule_search_locations)[0], "tasks", "llama3", "instruct")
     for lang in MMLU_LANGUAGES:
         count = 0
         for path in sorted(glob.glob(os.path.join(root, f"mmlu_{lang}", "mmlu_*.yaml"))):
