@@ -29,6 +29,7 @@ import os
 import random
 import sys
 from collections.abc import Iterator, Sequence
+from pydoc_data import topics
 
 import yaml
 
@@ -63,8 +64,6 @@ def shakespeare_pages(max_pages: int) -> Iterator[tuple[str, str]]:
 
 def python_help_pages(max_pages: int) -> Iterator[tuple[str, str]]:
     """(url, text): Python's help topics (English reference prose)."""
-    from pydoc_data import topics
-
     for key in sorted(topics.topics)[:max_pages]:
         yield f"https://docs.example/python/{key}", topics.topics[key].strip()
 

@@ -26,6 +26,7 @@ import importlib.util
 import os
 import struct
 
+import fasttext  # from fasttext-predict (predicting only)
 import ml_collections
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
@@ -119,8 +120,6 @@ class FastTextLanguageFilter(BaseFilter):
     def model(self):
         """The loaded fastText model (loaded once per process)."""
         if self._model is None:
-            import fasttext  # fasttext-predict
-
             self._model = fasttext.load_model(self.model_path)
         return self._model
 

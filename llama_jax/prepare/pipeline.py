@@ -29,6 +29,10 @@ import json
 import os
 import sys
 
+from datatrove.executor import LocalPipelineExecutor, slurm
+from datatrove.executor.ray import RayPipelineExecutor
+from datatrove.executor.slurm import SlurmPipelineExecutor
+
 from llama_jax.errors import ConfigError
 from llama_jax.prepare import stage as stage_lib
 from llama_jax.prepare import stats as stats_lib
@@ -177,17 +181,11 @@ def make_executors(cfg, plan: Plan) -> list:
                       depends=previous, skip_completed=True)
         workers = min(int(cfg.workers), segment.tasks)
         if cfg.executor == "local":
-            from datatrove.executor import LocalPipelineExecutor
-
             executor = LocalPipelineExecutor(workers=workers, **kwargs)
         elif cfg.executor == "ray":
-            from datatrove.executor.ray import RayPipelineExecutor
-
             executor = RayPipelineExecutor(workers=workers, cpus_per_task=1,
                                            mem_per_cpu_gb=float(cfg.mem_per_cpu_gb), **kwargs)
         else:
-            from datatrove.executor.slurm import SlurmPipelineExecutor
-
             activate = os.path.join(sys.prefix, "bin", "activate")  # this environment, on the nodes
             if not cfg.slurm_partition and not cfg.slurm_dry_run:
                 raise ConfigError("--config.executor=slurm needs --config.slurm_partition=NAME (or "
@@ -206,8 +204,6 @@ def make_executors(cfg, plan: Plan) -> list:
 def _slurm_dry_run(submitted: list):
     """datatrove has no dry run: replace its ``sbatch`` call by one that records the
     script it would submit (datatrove itself saves it as ``launch_script.slurm``)."""
-    from datatrove.executor import slurm
-
     real = slurm.launch_slurm_job
 
     def fake(launch_file_contents, job_id_retriever, *args):
