@@ -26,18 +26,25 @@ def source_config(stages: Sequence[str], **run_fields) -> ml_collections.ConfigD
     Run-wide fields (override any with ``--config.<field>=...``):
       input: glob(s) of input files, comma-separated (JSONL, ``.jsonl.gz`` or a
         source's own format).
+      input_format: the reader ("jsonl"; a source may register its own in
+        `llama_jax.prepare.readers.READERS`).
       output: the output folder (shards, ``stats.json``, logs, work files).
       executor: "local", "ray" or "slurm" (datatrove's executors).
       workers: processes (local) or concurrent tasks (ray) at once.
       tasks: datatrove tasks (output shards); 0 = one per input file.
-      output_format: "jsonl" (gzipped ``.jsonl.gz`` shards) or "array_record".
+      output_format: "jsonl" (plain ``.jsonl`` shards, what `llama_jax.data.sources`
+        reads), "jsonl.gz" or "array_record" (see `llama_jax.prepare.writers`).
       tokenizer: a tokenizer path; when set, also write token shards and a
         per-source token count (the Table 1 weights are computed from it).
       source: the name written into the stats and token counts.
-      slurm_partition / slurm_time / slurm_dry_run: the Slurm executor's options.
+      slurm_partition / slurm_time / slurm_dry_run: the Slurm executor's options
+        (a dry run writes the sbatch scripts and submits nothing).
+      ray_address: the Ray cluster to join ("" = start a local one of `workers` CPUs).
+      mem_per_cpu_gb: memory asked per task (Ray and Slurm).
     """
     c = ml_collections.ConfigDict()
     c.input = ""
+    c.input_format = "jsonl"
     c.output = ""
     c.executor = "local"
     c.workers = 1
@@ -48,6 +55,8 @@ def source_config(stages: Sequence[str], **run_fields) -> ml_collections.ConfigD
     c.slurm_partition = ""
     c.slurm_time = "24:00:00"
     c.slurm_dry_run = False
+    c.ray_address = ""
+    c.mem_per_cpu_gb = 1.0
     for key, value in run_fields.items():
         c[key] = value
     c.stages = tuple(stages)
