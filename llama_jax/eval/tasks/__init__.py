@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from llama_jax.errors import ConfigError
 from llama_jax.eval.tasks import (
+    bias,
     code,
     commonsense,
     generative,
@@ -15,6 +16,7 @@ from llama_jax.eval.tasks import (
     passkey,
     perplexity,
     position_perplexity,
+    truthfulqa,
 )
 from llama_jax.eval.tasks.base import EvalContext, EvalOptions, Task
 from llama_jax.eval.tasks.readers import DataError
@@ -27,6 +29,8 @@ TASKS: dict[str, Task] = {
     **perplexity.TASKS,
     **position_perplexity.TASKS,
     **passkey.TASKS,
+    **bias.TASKS,
+    **truthfulqa.TASKS,
 }
 
 ALIASES = {
@@ -34,6 +38,7 @@ ALIASES = {
     "arc_e": "arc_easy", "arc_c": "arc_challenge", "obqa": "openbookqa",
     "social_iqa": "siqa", "hendrycks_test": "mmlu", "race_m": "race_middle",
     "race_h": "race_high",
+    "crows_pairs_english": "crows_pairs", "winogender_all": "winogender",
 }
 
 __all__ = ["ALIASES", "TASKS", "DataError", "EvalContext", "EvalOptions", "Task", "get_task",

@@ -5,6 +5,7 @@ tokenisation."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -61,6 +62,10 @@ class EvalOptions:
         context (few-shot examples included) is one user turn, followed by
         the template's generation prompt; the continuation is scored (or
         generated) after it. None: plain text prompts with BOS.
+      truthfulqa_judge: a local checkpoint folder of TruthfulQA's truthfulness
+        judge (GPT-judge); scores ``truthful`` of truthfulqa_gen (None: not computed).
+      truthfulqa_info_judge: the informativeness judge (GPT-info) folder; with
+        truthfulqa_judge, scores ``truthful*informative``.
     """
 
     gsm8k_samples: int = 1
@@ -81,9 +86,12 @@ class EvalOptions:
     passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     passkey_samples: int = 5
     chat_template: str | None = None
+    truthfulqa_judge: str | None = None
+    truthfulqa_info_judge: str | None = None
 
     def __post_init__(self):
         _check_long_context(self)
+        _check_judges(self)
         if self.chat_template is not None:
             get_template(self.chat_template)  # an unknown name: ConfigError naming the names
         at_least_one = ("gsm8k_samples", "gsm8k_max_new_tokens", "qa_max_new_tokens",
@@ -108,6 +116,19 @@ class EvalOptions:
                               "be > 0 seconds (--sandbox_timeout_s)")
         if self.perplexity_sources is not None:
             object.__setattr__(self, "perplexity_sources", tuple(self.perplexity_sources))
+
+
+def _check_judges(opts: EvalOptions) -> None:
+    """The TruthfulQA judge options: existing folders; the info judge needs the truth judge."""
+    for name in ("truthfulqa_judge", "truthfulqa_info_judge"):
+        path = getattr(opts, name)
+        if path is not None and not os.path.isdir(path):
+            raise ConfigError(f"eval option {name}={path!r} is not a directory; give a local "
+                              "judge checkpoint folder (e.g. a Hugging Face Llama fine-tuned as "
+                              f"TruthfulQA's GPT-judge / GPT-info), or leave --{name} out")
+    if opts.truthfulqa_info_judge is not None and opts.truthfulqa_judge is None:
+        raise ConfigError("--truthfulqa_info_judge needs --truthfulqa_judge too (the paper's "
+                          "truthful*informative needs both judges)")
 
 
 def _numbers(name: str, values: Any, kind: type) -> tuple[Any, ...]:
