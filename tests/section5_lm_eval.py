@@ -26,18 +26,31 @@ TOKENIZER_TEXTS = [
 ]
 
 
-def tiny_model(folder: pathlib.Path, seed: int = 0):
-    """(our tokenizer, config, params) of a random tiny HF Llama saved to `folder`."""
+def tiny_model(folder: pathlib.Path, seed: int = 0, text_only: bool = False):
+    """(our tokenizer, config, params) of a random tiny HF Llama saved to `folder`.
+
+    `text_only` zeroes the output rows of byte, unknown and control tokens, so
+    greedy decoding picks text pieces: random byte soup decodes differently in
+    transformers (a run of bytes that is not UTF-8 becomes all U+FFFD) and in
+    SentencePiece, which would hide whether the generated ids agree.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(TOKENIZER_TEXTS * 20, str(folder / "spm"), vocab_size=300,
                           progress=False)
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, intermediate_size=64,
-                                   vocab_size=tok.vocab_size, max_position_embeddings=512,
+                                   vocab_size=tok.vocab_size, max_position_embeddings=1024,
                                    rms_norm_eps=1e-6, initializer_range=0.3,
                                    tie_word_embeddings=False)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(folder)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    if text_only:
+        sp = tok._sp
+        rows = [i for i in range(tok.vocab_size)
+                if sp.IsByte(i) or sp.IsControl(i) or sp.IsUnknown(i)]
+        with torch.no_grad():
+            model.lm_head.weight[rows] = 0.0
+    model.save_pretrained(folder)
     config, params = llama_jax.from_pretrained(folder, progress=False)
     llama_jax.save_pretrained(config, params, folder, format="hf", tokenizer=tok,
                               overwrite=True, progress=False)

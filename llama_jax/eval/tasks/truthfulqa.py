@@ -7,8 +7,8 @@
   question is the probability mass on its true answers after normalising
   ``exp(log-likelihood)`` over all its answers (lm-eval's
   ``process_results_mc2``), averaged.
-* ``truthfulqa_gen``: the primer, then ``"\\n\\nQ: {question} "`` (lm-eval's
-  prompt: no "A:", the target delimiter " " at the end); greedy answers up to
+* ``truthfulqa_gen``: the primer, then ``"\\n\\nQ: {question}"`` (lm-eval's
+  prompt, which ends after the question: no "A:"); greedy answers up to
   256 tokens, cut at the first blank line; BLEU (sacrebleu, t5 style) and
   ROUGE-1/2/Lsum (rouge_score) of the answer against each true and false
   reference, reported as lm-eval's ``*_max`` (best true), ``*_acc`` (best true
@@ -110,17 +110,18 @@ def reference_scores(completion: str, true_refs: list[str], false_refs: list[str
     return out
 
 
-def _mc_patterns(task: str) -> list[str]:
-    """The task's own folder first, then a shared ``truthfulqa/`` folder."""
-    own = ["mc_task.json", "validation*.jsonl", "validation*.parquet",
-           "multiple_choice/validation*.jsonl", "multiple_choice/validation*.parquet"]
-    return own + [f"../truthfulqa/{p}" for p in own]
-
-
+MC_PATTERNS = ["mc_task.json", "validation*.jsonl", "validation*.parquet",
+               "multiple_choice/validation*.jsonl", "multiple_choice/validation*.parquet"]
 GEN_PATTERNS = ["TruthfulQA.csv", "validation*.jsonl", "validation*.parquet",
-                "generation/validation*.jsonl", "generation/validation*.parquet",
-                "../truthfulqa/TruthfulQA.csv", "../truthfulqa/generation/validation*.jsonl",
-                "../truthfulqa/generation/validation*.parquet"]
+                "generation/validation*.jsonl", "generation/validation*.parquet"]
+
+
+def _find(data_dir: str, task: str, patterns: list[str], fmt: str) -> str:
+    """The task's own folder first, then the shared ``truthfulqa/`` folder."""
+    path = readers.find_file(data_dir, task, patterns, fmt, required=False)
+    return path or readers.find_file(
+        data_dir, "truthfulqa", patterns,
+        f"{fmt}, in {task}/ or the shared truthfulqa/ folder of --data_dir")
 
 
 def _targets(r: dict[str, Any], key: str, i: int, src: str) -> tuple[list[str], list[int]]:
@@ -141,7 +142,7 @@ def _targets(r: dict[str, Any], key: str, i: int, src: str) -> tuple[list[str], 
 
 def load_mc(data_dir: str, task: str) -> list[dict[str, Any]]:
     """Questions with their mc1 and mc2 (choices, labels)."""
-    path = readers.find_file(data_dir, task, _mc_patterns(task), MC_FORMAT)
+    path = _find(data_dir, task, MC_PATTERNS, MC_FORMAT)
     if path.endswith(".json"):
         records = readers.read_json(path, MC_FORMAT)
         require(isinstance(records, list), path, 0, "not a list of questions", MC_FORMAT)
@@ -165,8 +166,8 @@ def mc_prompt(question: str) -> str:
 
 
 def gen_prompt(question: str) -> str:
-    """lm-eval's truthfulqa_gen context (question stripped; ends with the target delimiter)."""
-    return QA_PRIMER + "\n\nQ: " + question.strip() + " "
+    """lm-eval's truthfulqa_gen context (question stripped, no "A:" after it)."""
+    return QA_PRIMER + "\n\nQ: " + question.strip()
 
 
 def mc2_score(lls, labels) -> float:
@@ -211,7 +212,7 @@ def _format_answers(answers: list[str]) -> list[str]:
 
 def load_gen(data_dir: str) -> list[dict[str, Any]]:
     """Questions with lm-eval's formatted true and false references."""
-    path = readers.find_file(data_dir, "truthfulqa_gen", GEN_PATTERNS, GEN_FORMAT)
+    path = _find(data_dir, "truthfulqa_gen", GEN_PATTERNS, GEN_FORMAT)
     if path.endswith(".csv"):
         rows = []
         for r in read_csv_dicts(path, GEN_FORMAT):
