@@ -17,6 +17,7 @@ from eval_fixtures import FakeScorer, _ctx, _jsonl
 from section5_lm_eval import lm_eval_yaml, our_context, run_lm_eval, sample_lls, tiny_model
 
 from llama_jax.errors import ConfigError, DataError
+from llama_jax.eval import report
 from llama_jax.eval.tasks import get_task
 
 CROWS = [
@@ -190,3 +191,13 @@ def test_bad_winogender_sentid_and_crows_header(tmp_path):
     with pytest.raises(DataError, match="crows_pairs_anonymized.csv.*'sent_more'"):
         get_task("crows_pairs").run(_ctx(FakeScorer(len)), str(tmp_path), 0, None)
     assert json.dumps(CROWS)  # fixtures stay JSON-serialisable
+
+
+def test_report_rows_carry_tables_12_and_13(both):
+    ours, _ = both
+    table = report.markdown_table({k: dict(v, task=k, num_fewshot=0) for k, v in ours.items()},
+                                  65.2e9)
+    assert "| crows_pairs | pct_stereotype | 50.0 | 66.6 | n=6 (lower: less biased) |" in table
+    assert "| crows_pairs/religion | pct_stereotype |" in table and "| 79.0 | n=1 |" in table
+    assert "| winogender their/them/someone | acc |" in table and "| 81.7 | n=4 |" in table
+    assert "| winogender his/him/he (gotcha) | acc |" in table and "| 63.3 | n=1 |" in table

@@ -213,3 +213,11 @@ def test_wrong_fields_and_bad_options(tmp_path):
         EvalOptions(truthfulqa_info_judge=str(tmp_path))
     with pytest.raises(ConfigError, match="zero-shot"):
         get_task("truthfulqa_mc1").run(_ctx(FakeScorer(len)), str(tmp_path), 3, None)
+
+
+def test_cli_flags_reach_the_options():
+    from llama_jax.eval import __main__ as cli
+
+    for name in ("truthfulqa_judge", "truthfulqa_info_judge"):
+        assert name in cli._OPTION_FLAGS and cli.FLAGS[name].default is None
+        assert name in {f.name for f in __import__("dataclasses").fields(EvalOptions)}
