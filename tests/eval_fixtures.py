@@ -167,4 +167,11 @@ def data_dir(tmp_path_factory):
                                             {"text": "Dogs bark."}])
     (root / "perplexity/code.txt").write_text("def f(x):\n    return x + 1\n" * 6)
     _jsonl(root / "long_perplexity/long.jsonl", [{"text": "The grass is green. " * 40}])
+    (root / "math/test/algebra").mkdir(parents=True)
+    (root / "math/test/algebra/1.json").write_text(json.dumps({
+        "problem": "What is $2+2$?", "level": "Level 1", "type": "Algebra",
+        "solution": "$2+2=\\boxed{4}$."}))
+    _jsonl(root / "realtoxicityprompts/prompts.jsonl", [
+        {"filename": "a.txt", "begin": 0, "end": 10, "challenging": False,
+         "prompt": {"text": "The weather today is", "toxicity": 0.02}, "continuation": {}}])
     return str(root)

@@ -40,6 +40,7 @@ from llama_jax.eval import paper_results, report
 from llama_jax.eval.runner import build_context, check_batch_size, evaluate
 from llama_jax.eval.tasks import EvalOptions, parse_task_list
 from llama_jax.eval.tasks.base import check_limit
+from llama_jax.eval.tasks.toxicity_scorers import check_scorer_options
 from llama_jax.fileio import atomic_write
 from llama_jax.infer import placement, run_flags  # noqa: F401 (run_flags: --mesh, --dtype, ...)
 from llama_jax.model import count_params
@@ -84,6 +85,27 @@ flags.DEFINE_list("passkey_depths", [str(d) for d in _OPT.passkey_depths],
 flags.DEFINE_integer("passkey_samples", _OPT.passkey_samples, "passkey: keys per length and depth.")
 flags.DEFINE_string("chat_template", None, "Render prompts with this chat template (alpaca, llama2, "
                     "chatml or a tokenizer_config.json), as lm-eval's --apply_chat_template.")
+flags.DEFINE_integer("math_samples", _OPT.math_samples,
+                     "k for MATH maj1@k (1: greedy; the paper: 256).")
+flags.DEFINE_float("math_temperature", _OPT.math_temperature,
+                   "Sampling temperature when math_samples > 1.")
+flags.DEFINE_integer("math_max_new_tokens", _OPT.math_max_new_tokens,
+                     "Tokens generated per MATH solution.")
+flags.DEFINE_string("toxicity_scorer", None, "realtoxicityprompts' scorer: 'perspective' (Google "
+                    "Perspective API, needs --perspective_api_key; the only network use) or a "
+                    "local HF sequence-classification checkpoint directory.")
+flags.DEFINE_string("toxicity_label", _OPT.toxicity_label,
+                    "The toxic class of the local classifier (label name or index).")
+flags.DEFINE_integer("toxicity_max_new_tokens", _OPT.toxicity_max_new_tokens,
+                     "Tokens generated per RealToxicityPrompts prompt (the paper: 20).")
+flags.DEFINE_integer("toxicity_batch_size", _OPT.toxicity_batch_size,
+                     "Continuations per local toxicity classifier batch.")
+flags.DEFINE_string("perspective_api_key", None, "Perspective API key (--toxicity_scorer="
+                    "perspective).")
+flags.DEFINE_string("perspective_api_url", _OPT.perspective_api_url, "Perspective API base URL.")
+flags.DEFINE_float("perspective_qps", _OPT.perspective_qps, "Perspective requests per second.")
+flags.DEFINE_integer("perspective_retries", _OPT.perspective_retries,
+                     "Retries of a Perspective request answered 429 or 5xx.")
 flags.DEFINE_integer("max_seq_len", None, "Score up to this many positions, past the checkpoint's "
                      "max_seq_len if need be (a run option, for long-context tasks).")
 flags.DEFINE_string("truthfulqa_judge", None, "truthfulqa_gen: local checkpoint folder of the "
@@ -94,7 +116,11 @@ flags.DEFINE_string("truthfulqa_info_judge", None, "truthfulqa_gen: local checkp
 _OPTION_FLAGS = ("gsm8k_samples", "gsm8k_temperature", "code_samples", "code_temperature",
                  "max_gen_tokens", "sandbox_workers", "sandbox_timeout_s", "perplexity_corpus",
                  "position_bucket", "passkey_lengths", "passkey_depths", "passkey_samples",
-                 "chat_template", "truthfulqa_judge", "truthfulqa_info_judge")
+                 "chat_template", "math_samples", "math_temperature", "math_max_new_tokens",
+                 "toxicity_scorer", "toxicity_label", "toxicity_max_new_tokens",
+                 "toxicity_batch_size", "perspective_api_key", "perspective_api_url",
+                 "perspective_qps", "perspective_retries",
+                 "truthfulqa_judge", "truthfulqa_info_judge")
 flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSON.")
 
 
@@ -120,6 +146,8 @@ def main(argv):
         raise app.UsageError("--data_dir is required (one folder of data files per task)")
     check_limit(FLAGS.limit)
     check_batch_size(FLAGS.batch_size)
+    if any(t.name == "realtoxicityprompts" for t, _ in specs):
+        check_scorer_options(options)  # no scorer: a ConfigError before the model loads
     md_path = FLAGS.markdown or os.path.splitext(FLAGS.output)[0] + ".md"
     check_output_file(FLAGS.output, "output")  # before the model is loaded, not after the run
     check_output_file(md_path, "markdown" if FLAGS.markdown else "output")

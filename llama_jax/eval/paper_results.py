@@ -9,6 +9,8 @@ Values are percentages as printed in the paper. Keys:
   (k = 100; MATH k = 256);
 * code (Table 8): ``"humaneval/pass@1"``, ``"humaneval/pass@100"``,
   ``"mbpp/pass@1"``, ``"mbpp/pass@80"``;
+* RealToxicityPrompts (Table 11): ``"realtoxicityprompts/basic"``,
+  ``"realtoxicityprompts/respectful"``, mean toxicity in [0, 1] (not a percentage).
 * Section 5 (Tables 12-14, `SECTION5`): ``"crows_pairs"`` (average) and
   ``"crows_pairs/<bias_type>"``; ``"winogender/<pronoun group>"`` and
   ``"winogender/gotcha/<pronoun group>"``; ``"truthfulqa/truthful"``,
@@ -69,6 +71,13 @@ _ROWS = {
 LLAMA: dict[str, dict[str, float]] = {
     size: dict(zip(_COLUMNS, row, strict=True)) for size, row in _ROWS.items()}
 
+# Table 11 (RealToxicityPrompts, mean Perspective toxicity, basic / respectful prompts),
+# as scores in [0, 1]. Only the sizes in the project's paper notes; 13B and 33B are not
+# there, so the report leaves their cells empty.
+TABLE_11 = {"7B": (0.106, 0.081), "65B": (0.128, 0.141)}
+for _size, (_basic, _respectful) in TABLE_11.items():
+    LLAMA[_size]["realtoxicityprompts/basic"] = _basic
+    LLAMA[_size]["realtoxicityprompts/respectful"] = _respectful
 # Tables 12-14 (Section 5). Only the values the project's paper notes
 # (reference/llama-paper-notes.md) quote, all for 65B; the other sizes and CrowS-Pairs
 # categories are left out rather than guessed.
@@ -95,6 +104,8 @@ SETTINGS = {
     "gsm8k": "maj1@k with k = 100 (Minerva's setup)",
     "humaneval": "0-shot; pass@1 at temperature 0.1, pass@100 at 0.8",
     "mbpp": "3-shot; pass@1 at temperature 0.1, pass@80 at 0.8",
+    "math": "Minerva's 4-shot prompt; maj1@k with k = 256",
+    "realtoxicityprompts": "greedy, basic and respectful prompts, Perspective API toxicity",
 }
 
 

@@ -65,6 +65,27 @@ def table_rows(name: str, res: dict[str, Any], size: str) -> list[tuple[str, str
             rows.append((name, f"maj1@{res['k']}", _pct(res["maj1@k"]),
                          _paper(size, "gsm8k/maj1@k"), note + " (paper: k=100)"))
         return rows
+    if task == "realtoxicityprompts":
+        for variant in ("basic", "respectful"):
+            paper = paper_results.paper_value(size, f"{task}/{variant}")
+            rows.append((name, f"toxicity ({variant})", f"{res[f'toxicity_{variant}']:.3f}",
+                         "" if paper is None else f"{paper:.3f}",
+                         f"{note}, scorer {res['scorer']}, "
+                         f"{_pct(res[f'toxic_fraction_{variant}'])}% >= 0.5"))
+        return rows
+    if task == "math":
+        if shots != 4:
+            note += f" ({shots}-shot; paper: 4-shot)"
+        equiv = "" if res.get("equivalence") == "sympy" else ", answers compared as strings"
+        rows.append((name, "maj1@1", _pct(res["maj1@1"]), _paper(size, "math/maj1@1"),
+                     note + equiv))
+        if res.get("k", 1) > 1:
+            rows.append((name, f"maj1@{res['k']}", _pct(res["maj1@k"]),
+                         _paper(size, "math/maj1@k"), note + " (paper: k=256)"))
+        for group in ("subjects", "levels"):
+            for key, g in res.get(group, {}).items():
+                rows.append((f"{name}/{key}", "acc", _pct(g["acc"]), "", f"n={g['num_examples']}"))
+        return rows
     if task in ("humaneval", "mbpp"):
         for metric in ("pass@1", "pass@10", "pass@80", "pass@100"):
             if metric in res:

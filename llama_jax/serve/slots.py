@@ -17,6 +17,10 @@ The decoder runs unscanned (``scan_layers=False``, the parameters converted
 to the ``layers_0, layers_1, ...`` layout): a layer scan inside the slot vmap
 copies the whole cache every step (8x slower on CPU, measured).
 
+With several processes (`llama_jax.serve.lockstep`), every process holds one
+`SlotEngine` and makes the same calls: host inputs are placed replicated on
+the mesh and the sampled tokens are gathered (`distributed.to_host`).
+
 The row's ``cache_index`` is set from the slot's position before each call,
 so no model change is needed: a slot reads and writes at its own column, and
 the causal mask (keys at columns <= the query's) hides whatever an earlier
@@ -33,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llama_jax import sharding
+from llama_jax import distributed, sharding
 from llama_jax.convert.common import to_layout
 from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig, init_cache
@@ -49,6 +53,11 @@ def _with_index(cache, index: jax.Array):
             return jnp.broadcast_to(index, leaf.shape).astype(leaf.dtype)
         return leaf
     return jax.tree_util.tree_map_with_path(put, cache)
+
+
+def _key_data(key: jax.Array) -> np.ndarray:
+    """A typed PRNG key's raw words on the host (a compiled call's input on any mesh)."""
+    return np.asarray(jax.random.key_data(key))
 
 
 def serve_rules(rules: sharding.Rules) -> tuple[sharding.Rules, object]:
@@ -67,7 +76,9 @@ class SlotEngine:
 
     Args:
       config: the model config.
-      params: its parameters (placed on `mesh`).
+      params: its parameters: host arrays, or already on `mesh` in the
+        unscanned layout (``from_pretrained(..., config_overrides=
+        {"scan_layers": False}, mesh=mesh)``: then nothing is copied).
       slots: decode slots (rounded up to a multiple of the batch split).
       max_seq_len: most tokens (prompt + completion) a slot holds; at most
         ``config.max_seq_len``.
@@ -114,18 +125,33 @@ class SlotEngine:
 
     def _init_state(self):
         s = self.slots
-        row = init_cache(self.config, 1, self.cache_len)
-        state = dict(
-            cache=jax.tree_util.tree_map(lambda x: jnp.zeros((s, *x.shape), x.dtype), row),
-            logits=jnp.zeros((s, self.config.vocab_size), jnp.float32),
-            pos=jnp.zeros((s,), jnp.int32), step=jnp.zeros((s,), jnp.int32),
-            keys=jax.random.split(jax.random.key(0), s),
-            temperature=jnp.zeros((s,), jnp.float32), top_p=jnp.ones((s,), jnp.float32))
+
+        def make():
+            row = init_cache(self.config, 1, self.cache_len)
+            return dict(
+                cache=jax.tree_util.tree_map(lambda x: jnp.zeros((s, *x.shape), x.dtype), row),
+                logits=jnp.zeros((s, self.config.vocab_size), jnp.float32),
+                pos=jnp.zeros((s,), jnp.int32), step=jnp.zeros((s,), jnp.int32),
+                keys=jax.random.split(jax.random.key(0), s),
+                temperature=jnp.zeros((s,), jnp.float32), top_p=jnp.ones((s,), jnp.float32))
+
         slot_sharding = NamedSharding(self.mesh, PartitionSpec(self._slot_axes))
-        return jax.device_put(state, slot_sharding)
+        # Made on the devices (no host array to send: works with several processes too).
+        return jax.jit(make, out_shardings=slot_sharding)()
+
+    def _host(self, x):
+        """A host input of a compiled call: as is on one process, else a replicated
+        global array every process builds from its own (identical) copy."""
+        if jax.process_count() == 1:
+            return x
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding.replicated(self.mesh),
+                                            lambda index: x[index])
 
     # ----- traced functions -------------------------------------------------
-    def _prefill_fn(self, params, state, tokens, n_valid, start, slot, key, temperature, top_p):
+    def _prefill_fn(self, params, state, tokens, n_valid, start, slot, key_data, temperature,
+                    top_p):
+        key = jax.random.wrap_key_data(key_data)
         bucket = tokens.shape[1]
         row = jax.tree_util.tree_map(
             lambda x: jax.lax.dynamic_index_in_dim(x, slot, 0, keepdims=False), state["cache"])
@@ -162,7 +188,8 @@ class SlotEngine:
                    step=state["step"] + step)
         return new, tok
 
-    def _copy_fn(self, state, src, dst, key):
+    def _copy_fn(self, state, src, dst, key_data):
+        key = jax.random.wrap_key_data(key_data)
         def move(x):
             return jax.lax.dynamic_update_index_in_dim(
                 x, jax.lax.dynamic_index_in_dim(x, src, 0, keepdims=False), dst, 0)
@@ -188,8 +215,9 @@ class SlotEngine:
         buf = np.zeros((1, bucket), np.int32)
         buf[0, :len(tokens)] = tokens
         i32 = np.int32
-        self.state = self._prefill(self.params, self.state, buf, i32(len(tokens)), i32(start),
-                                   i32(slot), key, np.float32(temperature), np.float32(top_p))
+        args = (buf, i32(len(tokens)), i32(start), i32(slot), _key_data(key),
+                np.float32(temperature), np.float32(top_p))
+        self.state = self._prefill(self.params, self.state, *map(self._host, args))
 
     def recover(self) -> bool:
         """After a failed call: True (and a fresh, empty state) if the state was lost.
@@ -214,12 +242,14 @@ class SlotEngine:
 
     def copy(self, src: int, dst: int, key: jax.Array) -> None:
         """Give slot `dst` the prefilled prompt of slot `src` and its own `key`."""
-        self.state = self._copy(self.state, np.int32(src), np.int32(dst), key)
+        self.state = self._copy(self.state, *map(self._host, (np.int32(src), np.int32(dst),
+                                                              _key_data(key))))
 
     def decode(self, active: np.ndarray) -> np.ndarray:
         """One step for every slot; returns the [slots] sampled tokens.
 
         Only `active` slots advance; the others compute and are ignored.
         """
-        self.state, tok = self._decode(self.params, self.state, np.asarray(active, bool))
-        return np.asarray(tok)
+        self.state, tok = self._decode(self.params, self.state,
+                                       self._host(np.asarray(active, bool)))
+        return distributed.to_host(tok)

@@ -12,10 +12,12 @@ from llama_jax.eval.tasks import (
     code,
     commonsense,
     generative,
+    math,
     mmlu,
     passkey,
     perplexity,
     position_perplexity,
+    toxicity,
     truthfulqa,
 )
 from llama_jax.eval.tasks.base import EvalContext, EvalOptions, Task
@@ -29,6 +31,8 @@ TASKS: dict[str, Task] = {
     **perplexity.TASKS,
     **position_perplexity.TASKS,
     **passkey.TASKS,
+    **math.TASKS,
+    **toxicity.TASKS,
     **bias.TASKS,
     **truthfulqa.TASKS,
 }
@@ -38,6 +42,7 @@ ALIASES = {
     "arc_e": "arc_easy", "arc_c": "arc_challenge", "obqa": "openbookqa",
     "social_iqa": "siqa", "hendrycks_test": "mmlu", "race_m": "race_middle",
     "race_h": "race_high",
+    "minerva_math": "math", "hendrycks_math": "math", "rtp": "realtoxicityprompts",
     "crows_pairs_english": "crows_pairs", "winogender_all": "winogender",
 }
 

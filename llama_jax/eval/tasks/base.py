@@ -62,6 +62,23 @@ class EvalOptions:
         context (few-shot examples included) is one user turn, followed by
         the template's generation prompt; the continuation is scored (or
         generated) after it. None: plain text prompts with BOS.
+      math_samples: k of MATH's maj1@k (1: greedy; the paper: 256).
+      math_temperature: sampling temperature when math_samples > 1.
+      math_max_new_tokens: tokens generated per MATH solution.
+      toxicity_scorer: RealToxicityPrompts' scorer: "perspective" (Google's
+        Perspective API; needs perspective_api_key) or the path of a local
+        Hugging Face sequence-classification checkpoint, or (programmatic use)
+        an object with ``name`` and ``score(texts) -> list[float]``. None: the
+        task fails with a ConfigError saying how to give one.
+      toxicity_label: the toxic class of a local classifier (a label name of
+        its config's id2label, or an index).
+      toxicity_max_new_tokens: tokens generated per prompt (the paper: 20).
+      toxicity_batch_size: continuations per local classifier batch.
+      perspective_api_key: the Perspective API key (only sent with
+        toxicity_scorer=perspective).
+      perspective_api_url: the API's base URL (a local stub in the tests).
+      perspective_qps: Perspective requests per second (the API's default quota: 1).
+      perspective_retries: retries of a request answered 429 or 5xx.
       truthfulqa_judge: a local checkpoint folder of TruthfulQA's truthfulness
         judge (GPT-judge); scores ``truthful`` of truthfulqa_gen (None: not computed).
       truthfulqa_info_judge: the informativeness judge (GPT-info) folder; with
@@ -86,6 +103,17 @@ class EvalOptions:
     passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     passkey_samples: int = 5
     chat_template: str | None = None
+    math_samples: int = 1
+    math_temperature: float = 0.6
+    math_max_new_tokens: int = 256
+    toxicity_scorer: str | Any | None = None
+    toxicity_label: str = "toxic"
+    toxicity_max_new_tokens: int = 20
+    toxicity_batch_size: int = 32
+    perspective_api_key: str | None = None
+    perspective_api_url: str = "https://commentanalyzer.googleapis.com/v1alpha1"
+    perspective_qps: float = 1.0
+    perspective_retries: int = 5
     truthfulqa_judge: str | None = None
     truthfulqa_info_judge: str | None = None
 
@@ -95,7 +123,9 @@ class EvalOptions:
         if self.chat_template is not None:
             get_template(self.chat_template)  # an unknown name: ConfigError naming the names
         at_least_one = ("gsm8k_samples", "gsm8k_max_new_tokens", "qa_max_new_tokens",
-                        "code_samples", "code_max_new_tokens", "sandbox_workers")
+                        "code_samples", "code_max_new_tokens", "sandbox_workers",
+                        "math_samples", "math_max_new_tokens", "toxicity_max_new_tokens",
+                        "toxicity_batch_size")
         for name in at_least_one + ("max_gen_tokens",):
             value = getattr(self, name)
             if value is None and name not in at_least_one:
@@ -106,7 +136,8 @@ class EvalOptions:
         if self.perplexity_seq_len is not None and self.perplexity_seq_len < 2:
             raise ConfigError(f"eval option perplexity_seq_len={self.perplexity_seq_len} "
                               "must be >= 2")
-        for name in ("gsm8k_temperature", "code_temperature"):
+        _check_toxicity(self)
+        for name in ("gsm8k_temperature", "code_temperature", "math_temperature"):
             value = getattr(self, name)
             if value is not None and not value >= 0.0:
                 raise ConfigError(f"eval option {name}={value!r} must be >= 0 (0 = greedy) "
@@ -116,6 +147,18 @@ class EvalOptions:
                               "be > 0 seconds (--sandbox_timeout_s)")
         if self.perplexity_sources is not None:
             object.__setattr__(self, "perplexity_sources", tuple(self.perplexity_sources))
+
+
+def _check_toxicity(opts: EvalOptions) -> None:
+    """Validates the Perspective client's options (the scorer itself is checked
+    when the toxicity task runs: a path that is not a checkpoint is a ConfigError there)."""
+    if not opts.perspective_qps > 0.0:
+        raise ConfigError(f"eval option perspective_qps={opts.perspective_qps!r} must be > 0 "
+                          "requests per second (--perspective_qps)")
+    retries = opts.perspective_retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"eval option perspective_retries={retries!r} must be an integer "
+                          ">= 0 (--perspective_retries)")
 
 
 def _check_judges(opts: EvalOptions) -> None:

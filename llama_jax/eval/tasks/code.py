@@ -9,6 +9,7 @@ estimator of Chen et al. (2021) for each k <= n of (1, 10, 80, 100).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from llama_jax.eval import metrics, sandbox
@@ -24,7 +25,9 @@ MBPP_STOP = ("[DONE]",)
 HUMANEVAL_FORMAT = ("HumanEval as published: HumanEval.jsonl(.gz), one object per line with "
                     "'task_id', 'prompt', 'test', 'entry_point'")
 MBPP_FORMAT = ("MBPP as published: mbpp.jsonl, one object per line with 'task_id', 'text', "
-               "'code', 'test_list' (3 assert strings) and optionally 'test_setup_code'")
+               "'code', 'test_list' (3 assert strings) and optionally 'test_setup_code'; or "
+               "the HF export (test.jsonl / test-*.parquet, the few-shot tasks 2-4 in "
+               "prompt.jsonl / prompt-*.parquet)")
 # Austin et al. (2021) prompt with tasks 2, 3 and 4 and evaluate tasks 11-510.
 MBPP_PROMPT_IDS = (2, 3, 4)
 MBPP_TEST_IDS = range(11, 511)
@@ -57,8 +60,8 @@ def _score(ctx: EvalContext, programs: list[list[str]], task_ids: list[Any]) -> 
 def run_humaneval(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | None):
     """HumanEval: complete the function, run `check(entry_point)`."""
     path = readers.find_file(data_dir, "humaneval",
-                             ["HumanEval.jsonl", "HumanEval.jsonl.gz", "*.jsonl", "*.jsonl.gz",
-                              "test*.parquet"], HUMANEVAL_FORMAT)
+                             ["HumanEval.jsonl", "HumanEval.jsonl.gz", *readers.hf_split("test"),
+                              "*.jsonl", "*.jsonl.gz"], HUMANEVAL_FORMAT)
     docs = []
     for i, r in enumerate(readers.read_records(path, HUMANEVAL_FORMAT)):
         docs.append({k: get_field(r, k, i, path, HUMANEVAL_FORMAT)
@@ -86,10 +89,8 @@ def mbpp_program(doc: dict[str, Any], completion: str) -> str:
     return setup + "\n" + completion + "\n\n" + "\n".join(doc["test_list"]) + "\n"
 
 
-def run_mbpp(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | None):
-    """MBPP: 3-shot prompts of tasks 2-4, evaluated on tasks 11-510."""
-    path = readers.find_file(data_dir, "mbpp", ["mbpp.jsonl", "*.jsonl", "test*.parquet"],
-                             MBPP_FORMAT)
+def _load_mbpp(path: str) -> list[dict[str, Any]]:
+    """MBPP records of one file (the release mbpp.jsonl or an HF export split)."""
     docs = []
     for i, r in enumerate(readers.read_records(path, MBPP_FORMAT)):
         d = {k: get_field(r, k, i, path, MBPP_FORMAT) for k in ("task_id", "text", "code",
@@ -99,6 +100,19 @@ def run_mbpp(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | Non
         d["code"] = d["code"].replace("\r\n", "\n")
         d["test_setup_code"] = r.get("test_setup_code", "")
         docs.append(d)
+    return docs
+
+
+def run_mbpp(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | None):
+    """MBPP: 3-shot prompts of tasks 2-4, evaluated on tasks 11-510."""
+    path = readers.find_file(data_dir, "mbpp", ["mbpp.jsonl", *readers.hf_split("test"),
+                                                "*.jsonl"], MBPP_FORMAT)
+    docs = _load_mbpp(path)
+    # The HF export keeps the prompt tasks 1-10 in a split of their own.
+    prompt_path = None if os.path.basename(path) == "mbpp.jsonl" else readers.find_file(
+        data_dir, "mbpp", readers.hf_split("prompt"), MBPP_FORMAT, required=False)
+    if prompt_path is not None:
+        docs = _load_mbpp(prompt_path) + docs
     by_id = {d["task_id"]: d for d in docs}
     shots = [by_id[t] for t in MBPP_PROMPT_IDS if t in by_id]
     if len(shots) < num_fewshot:

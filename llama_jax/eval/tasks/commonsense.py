@@ -188,7 +188,9 @@ def _parse_obqa(r, i, src, fmt):
 RACE_FORMAT = ("RACE as published: one JSON object per article (RACE/test/<level>/*.txt) with "
                "'article', 'questions', 'options' (4 per question) and 'answers' (letters); "
                "or JSON Lines of such objects; or the EleutherAI/race Parquet "
-               "('article', 'problems')")
+               "('article', 'problems'); or the HF ehovy/race export (test.jsonl / "
+               "test-*.parquet, one row per question: 'article', 'question', 'options', "
+               "'answer')")
 
 
 def _race_problems(r, i, src, fmt) -> list[dict[str, Any]]:
@@ -233,7 +235,8 @@ def race_doc(article: str, problems: list[dict[str, Any]], i=0, src="", fmt=RACE
 
 
 def _load_race(data_dir: str, task: str, level: str) -> list[MCDoc]:
-    patterns = ["*.txt", "*.jsonl", "*.parquet", f"../race/test/{level}/*.txt",
+    patterns = ["*.txt", *readers.hf_split("test"), "*.jsonl", "*.parquet",
+                f"../race/test/{level}/*.txt",
                 f"../RACE/test/{level}/*.txt"]
     files = readers.find_files(data_dir, task, patterns, RACE_FORMAT)
     docs = []
@@ -243,11 +246,27 @@ def _load_race(data_dir: str, task: str, level: str) -> list[MCDoc]:
             records = obj if isinstance(obj, list) else [obj]
         else:
             records = readers.read_records(path, RACE_FORMAT)
+        if records and all(isinstance(r, dict) and "question" in r for r in records):
+            records = _race_group_rows(records, path)
         for i, r in enumerate(records):
             require(isinstance(r, dict), path, i, "not a JSON object", RACE_FORMAT)
             article = get_field(r, "article", i, path, RACE_FORMAT)
             docs.append(race_doc(article, _race_problems(r, i, path, RACE_FORMAT), i, path))
     return docs
+
+
+def _race_group_rows(rows: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """The HF ``ehovy/race`` layout (one row per question: 'article', 'question',
+    'options', 'answer') regrouped into one record per article, the questions in
+    file order: the EleutherAI/race record lm-eval builds its RACE prompt from."""
+    by_article: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(rows):
+        article = get_field(r, "article", i, path, RACE_FORMAT)
+        problem = {k: get_field(r, k, i, path, RACE_FORMAT) for k in ("question", "options",
+                                                                       "answer")}
+        by_article.setdefault(article, {"article": article, "problems": []})["problems"].append(
+            problem)
+    return list(by_article.values())
 
 
 # ----- task table ----------------------------------------------------------------
@@ -273,31 +292,32 @@ def _race_task(name: str, level: str) -> Task:
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     _simple_task("boolq", BOOLQ_FORMAT,
-                 ["dev.jsonl", "val.jsonl", "validation*.parquet", "validation*.jsonl"],
-                 ["train.jsonl", "train*.parquet"], _parse_boolq, "acc_uncond",
+                 ["dev.jsonl", "val.jsonl", *readers.hf_split("validation")],
+                 ["train.jsonl", *readers.hf_split("train")], _parse_boolq, "acc_uncond",
                  unconditional=True),
-    _simple_task("piqa", PIQA_FORMAT, ["valid.jsonl", "validation*.parquet", "validation*.jsonl"],
-                 ["train.jsonl", "train*.parquet"], _parse_piqa, "acc_norm",
+    _simple_task("piqa", PIQA_FORMAT, ["valid.jsonl", *readers.hf_split("validation")],
+                 ["train.jsonl", *readers.hf_split("train")], _parse_piqa, "acc_norm",
                  labels_for=_lst_labels("label")),
-    _simple_task("siqa", SIQA_FORMAT, ["dev.jsonl", "validation*.parquet", "validation*.jsonl"],
-                 ["train.jsonl", "train*.parquet"], _parse_siqa, "acc_norm",
+    _simple_task("siqa", SIQA_FORMAT, ["dev.jsonl", *readers.hf_split("validation")],
+                 ["train.jsonl", *readers.hf_split("train")], _parse_siqa, "acc_norm",
                  labels_for=_lst_labels("label")),
     _simple_task("hellaswag", HELLASWAG_FORMAT,
-                 ["hellaswag_val.jsonl", "validation*.parquet", "validation*.jsonl"],
-                 ["hellaswag_train.jsonl", "train*.parquet"], _parse_hellaswag, "acc_norm"),
+                 ["hellaswag_val.jsonl", *readers.hf_split("validation")],
+                 ["hellaswag_train.jsonl", *readers.hf_split("train")], _parse_hellaswag, "acc_norm"),
     _simple_task("winogrande", WINOGRANDE_FORMAT,
-                 ["dev.jsonl", "validation*.parquet", "validation*.jsonl"],
-                 ["train_xl.jsonl", "train.jsonl", "train*.parquet"], _parse_winogrande, "acc",
+                 ["dev.jsonl", *readers.hf_split("validation")],
+                 ["train_xl.jsonl", *readers.hf_split("train")], _parse_winogrande, "acc",
                  labels_for=_lst_labels("answer")),
-    _simple_task("arc_easy", ARC_FORMAT, ["ARC-Easy-Test.jsonl", "*Test.jsonl", "test*.parquet"],
-                 ["ARC-Easy-Train.jsonl", "*Train.jsonl", "train*.parquet"], _parse_arc,
+    _simple_task("arc_easy", ARC_FORMAT,
+                 ["ARC-Easy-Test.jsonl", "*Test.jsonl", *readers.hf_split("test")],
+                 ["ARC-Easy-Train.jsonl", "*Train.jsonl", *readers.hf_split("train")], _parse_arc,
                  "acc_norm"),
     _simple_task("arc_challenge", ARC_FORMAT,
-                 ["ARC-Challenge-Test.jsonl", "*Test.jsonl", "test*.parquet"],
-                 ["ARC-Challenge-Train.jsonl", "*Train.jsonl", "train*.parquet"], _parse_arc,
+                 ["ARC-Challenge-Test.jsonl", "*Test.jsonl", *readers.hf_split("test")],
+                 ["ARC-Challenge-Train.jsonl", "*Train.jsonl", *readers.hf_split("train")], _parse_arc,
                  "acc_norm"),
-    _simple_task("openbookqa", OBQA_FORMAT, ["test.jsonl", "Main/test.jsonl", "test*.parquet"],
-                 ["train.jsonl", "Main/train.jsonl", "train*.parquet"], _parse_obqa,
+    _simple_task("openbookqa", OBQA_FORMAT, [*readers.hf_split("test"), "Main/test.jsonl"],
+                 [*readers.hf_split("train"), "Main/train.jsonl"], _parse_obqa,
                  "acc_uncond", unconditional=True),
     _race_task("race_middle", "middle"),
     _race_task("race_high", "high"),

@@ -171,10 +171,10 @@ def _load_gsm8k(path: str) -> list[dict[str, Any]]:
 def run_gsm8k(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | None):
     """maj1@1 (first sample) and maj1@k (k = option gsm8k_samples)."""
     docs = apply_limit(_load_gsm8k(readers.find_file(
-        data_dir, "gsm8k", ["test.jsonl", "test*.parquet"], GSM8K_FORMAT)), limit)
+        data_dir, "gsm8k", readers.hf_split("test"), GSM8K_FORMAT)), limit)
     train = []
     if num_fewshot > 0:
-        train = _load_gsm8k(readers.find_file(data_dir, "gsm8k", ["train.jsonl", "train*.parquet"],
+        train = _load_gsm8k(readers.find_file(data_dir, "gsm8k", readers.hf_split("train"),
                                               GSM8K_FORMAT))
     rng = random.Random(1234 + ctx.seed)
     prompts = []
@@ -202,11 +202,11 @@ def run_gsm8k(ctx: EvalContext, data_dir: str, num_fewshot: int, limit: int | No
 TASKS: dict[str, Task] = {t.name: t for t in (
     _qa_task("naturalqs", NQ_FORMAT, _load_nq_file,
              ["NQ-open.test.jsonl", "*test*.jsonl", "nq-test.qa.csv", "NQ-open.dev.jsonl",
-              "*dev*.jsonl", "test*.parquet", "validation*.parquet"],
+              "*dev*.jsonl", "test*.parquet", *readers.hf_split("validation")],
              ["NQ-open.train.jsonl", "*train*.jsonl", "nq-train.qa.csv", "train*.parquet"],
              question_mark=True),
     _qa_task("triviaqa", TQA_FORMAT, _load_tqa_file,
-             ["*dev*.json", "*dev*.jsonl", "validation*.parquet"],
+             ["*dev*.json", "*dev*.jsonl", *readers.hf_split("validation")],
              ["*train*.json", "*train*.jsonl", "train*.parquet"], question_mark=False),
     Task("gsm8k", "generative", run_gsm8k, 8, GSM8K_FORMAT),
 )}

@@ -22,7 +22,10 @@ from llama_jax.eval.tasks.multiple_choice import MCDoc, evaluate_multiple_choice
 from llama_jax.eval.tasks.readers import DataError
 
 MMLU_FORMAT = ("the MMLU release CSVs: dev/<subject>_dev.csv and test/<subject>_test.csv, "
-               "no header, 6 columns: question, A, B, C, D, answer letter")
+               "no header, 6 columns: question, A, B, C, D, answer letter; or the HF cais/mmlu "
+               "export: test and dev splits (test.jsonl / test-*.parquet, at the top, under "
+               "all/ or under <subject>/) with fields 'question', 'subject', 'choices' "
+               "(4 strings), 'answer' (0-3)")
 
 # hendrycks/test categories.py: subject -> subcategory, subcategory -> category.
 SUBCATEGORY = {
@@ -94,11 +97,61 @@ def _split_dir(data_dir: str, split: str) -> str | None:
     return None
 
 
+def _hf_split_files(root: str, split: str) -> list[str]:
+    """The files of split `split` of the cais/mmlu export under `root`: one file at
+    the top or under all/ (the 'all' config), else one per <subject>/ folder."""
+    for folder in ("", "all"):
+        for pattern in readers.hf_split(split):
+            hits = sorted(glob.glob(os.path.join(root, folder, pattern)))
+            if hits:
+                return hits[:1] if pattern.endswith(".jsonl") else hits
+    return sorted(p for pattern in readers.hf_split(split)
+                  for p in glob.glob(os.path.join(root, "*", pattern)))
+
+
+def _hf_docs(files: list[str]) -> dict[str, list[MCDoc]]:
+    """cais/mmlu records by subject, as the release CSV's rows."""
+    out: dict[str, list[MCDoc]] = {}
+    for path in files:
+        for i, r in enumerate(readers.read_records(path, MMLU_FORMAT)):
+            subject = r.get("subject") or os.path.basename(os.path.dirname(path))
+            choices = readers.get_field(r, "choices", i, path, MMLU_FORMAT)
+            answer = readers.get_field(r, "answer", i, path, MMLU_FORMAT)
+            readers.require(isinstance(choices, list) and len(choices) == 4, path, i,
+                            "'choices' must be a list of 4 strings", MMLU_FORMAT)
+            readers.require(answer in (0, 1, 2, 3) and not isinstance(answer, bool), path, i,
+                            f"'answer' {answer!r} is not 0, 1, 2 or 3", MMLU_FORMAT)
+            row = [readers.get_field(r, "question", i, path, MMLU_FORMAT), *choices,
+                   "ABCD"[answer]]
+            out.setdefault(subject, []).append(mmlu_doc(row, subject, path, i))
+    return out
+
+
+def _load_mmlu_hf(root: str):
+    """(test docs, dev docs) by subject from the HF export, or None if absent."""
+    test_files, dev_files = _hf_split_files(root, "test"), _hf_split_files(root, "dev")
+    if not test_files:
+        return None
+    if not dev_files:
+        raise DataError(f"mmlu: {test_files[0]} holds the HF test split but no dev split "
+                        f"(dev.jsonl / dev-*.parquet, the 5-shot examples) is beside it; "
+                        f"expected {MMLU_FORMAT}")
+    tests, devs = _hf_docs(test_files), _hf_docs(dev_files)
+    for subject in tests:
+        if subject not in devs:
+            raise DataError(f"mmlu: the HF dev split ({dev_files[0]}) has no examples of "
+                            f"{subject!r}; expected {MMLU_FORMAT}")
+    return dict(sorted(tests.items())), devs
+
+
 def load_mmlu(data_dir: str) -> tuple[dict[str, list[MCDoc]], dict[str, list[MCDoc]]]:
-    """(test docs, dev docs) by subject."""
+    """(test docs, dev docs) by subject, from the release CSVs or the HF export."""
     test_dir, dev_dir = _split_dir(data_dir, "test"), _split_dir(data_dir, "dev")
     root = os.path.join(data_dir, "mmlu")
     if test_dir is None or dev_dir is None:
+        hf = _load_mmlu_hf(root)
+        if hf is not None:
+            return hf
         raise DataError(f"mmlu: expected directories {root}/test and {root}/dev holding "
                         f"{MMLU_FORMAT}")
     test_files = sorted(glob.glob(os.path.join(test_dir, "*_test.csv")))

@@ -45,6 +45,14 @@ def _tfds_shard(root: str, split: str) -> str | None:
     return None
 
 
+def hf_split(split: str) -> list[str]:
+    """Patterns of split `split` of a Hugging Face ``datasets`` export, in
+    preference order: ``<split>.jsonl`` (``Dataset.to_json``), its gzip, sharded
+    JSON Lines, and ``<split>*.parquet`` (the Hub's ``<split>-00000-of-00001.parquet``;
+    this last pattern also finds a TFDS array_record split, see `find_file`)."""
+    return [f"{split}.jsonl", f"{split}.jsonl.gz", f"{split}-*.jsonl", f"{split}*.parquet"]
+
+
 def find_file(data_dir: str, task: str, patterns: Sequence[str], expected: str,
               required: bool = True) -> str | None:
     """The first file under ``data_dir/task`` matching one of `patterns`.
