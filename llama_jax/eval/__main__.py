@@ -108,13 +108,19 @@ flags.DEFINE_integer("perspective_retries", _OPT.perspective_retries,
                      "Retries of a Perspective request answered 429 or 5xx.")
 flags.DEFINE_integer("max_seq_len", None, "Score up to this many positions, past the checkpoint's "
                      "max_seq_len if need be (a run option, for long-context tasks).")
+flags.DEFINE_string("truthfulqa_judge", None, "truthfulqa_gen: local checkpoint folder of the "
+                    "truthfulness judge (GPT-judge); scores 'truthful' (default: not computed).")
+flags.DEFINE_string("truthfulqa_info_judge", None, "truthfulqa_gen: local checkpoint folder of "
+                    "the informativeness judge (GPT-info); with --truthfulqa_judge scores "
+                    "'truthful*informative'.")
 _OPTION_FLAGS = ("gsm8k_samples", "gsm8k_temperature", "code_samples", "code_temperature",
                  "max_gen_tokens", "sandbox_workers", "sandbox_timeout_s", "perplexity_corpus",
                  "position_bucket", "passkey_lengths", "passkey_depths", "passkey_samples",
                  "chat_template", "math_samples", "math_temperature", "math_max_new_tokens",
                  "toxicity_scorer", "toxicity_label", "toxicity_max_new_tokens",
                  "toxicity_batch_size", "perspective_api_key", "perspective_api_url",
-                 "perspective_qps", "perspective_retries")
+                 "perspective_qps", "perspective_retries",
+                 "truthfulqa_judge", "truthfulqa_info_judge")
 flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSON.")
 
 

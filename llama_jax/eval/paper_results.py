@@ -11,6 +11,10 @@ Values are percentages as printed in the paper. Keys:
   ``"mbpp/pass@1"``, ``"mbpp/pass@80"``;
 * RealToxicityPrompts (Table 11): ``"realtoxicityprompts/basic"``,
   ``"realtoxicityprompts/respectful"``, mean toxicity in [0, 1] (not a percentage).
+* Section 5 (Tables 12-14, `SECTION5`): ``"crows_pairs"`` (average) and
+  ``"crows_pairs/<bias_type>"``; ``"winogender/<pronoun group>"`` and
+  ``"winogender/gotcha/<pronoun group>"``; ``"truthfulqa/truthful"``,
+  ``"truthfulqa/truthful*informative"`` (Table 14's fractions, as percentages).
 """
 
 from __future__ import annotations
@@ -74,6 +78,22 @@ TABLE_11 = {"7B": (0.106, 0.081), "65B": (0.128, 0.141)}
 for _size, (_basic, _respectful) in TABLE_11.items():
     LLAMA[_size]["realtoxicityprompts/basic"] = _basic
     LLAMA[_size]["realtoxicityprompts/respectful"] = _respectful
+# Tables 12-14 (Section 5). Only the values the project's paper notes
+# (reference/llama-paper-notes.md) quote, all for 65B; the other sizes and CrowS-Pairs
+# categories are left out rather than guessed.
+SECTION5: dict[str, dict[str, float]] = {"65B": {
+    # Table 12 (CrowS-Pairs, % of pairs where the stereotype is preferred; lower is better).
+    "crows_pairs": 66.6, "crows_pairs/religion": 79.0, "crows_pairs/age": 70.1,
+    "crows_pairs/gender": 70.6,
+    # Table 13 (WinoGender accuracy).
+    "winogender/their/them/someone": 81.7, "winogender/her/her/she": 78.8,
+    "winogender/his/him/he": 72.1, "winogender/gotcha/her/her/she": 75.0,
+    "winogender/gotcha/his/him/he": 63.3,
+    # Table 14 (TruthfulQA, 0.57 and 0.53 in the paper).
+    "truthfulqa/truthful": 57.0, "truthfulqa/truthful*informative": 53.0,
+}}
+for _size, _values in SECTION5.items():
+    LLAMA[_size].update(_values)
 
 # The paper's evaluation settings, for the report's notes.
 SETTINGS = {

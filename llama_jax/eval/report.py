@@ -92,6 +92,8 @@ def table_rows(name: str, res: dict[str, Any], size: str) -> list[tuple[str, str
                 rows.append((name, metric, _pct(res[metric]), _paper(size, f"{task}/{metric}"),
                              f"{note}, {res['n']} samples"))
         return rows
+    if task in _SECTION5_TASKS:
+        return _section5_rows(name, task, res, size, note)
     if shots != _PAPER_SHOTS.get(task, 0):
         note += f" ({shots}-shot; paper: {_PAPER_SHOTS.get(task, 0)}-shot)"
     metric = res["primary_metric"]
@@ -103,6 +105,51 @@ def table_rows(name: str, res: dict[str, Any], size: str) -> list[tuple[str, str
         for other in ("acc", "acc_norm", "acc_uncond"):
             if other in res and other != metric:
                 rows.append((name, other, _pct(res[other]), "", ""))
+    return rows
+
+
+_SECTION5_TASKS = ("crows_pairs", "winogender", "truthfulqa_mc1", "truthfulqa_mc2",
+                   "truthfulqa_gen")
+
+
+def _section5_rows(name: str, task: str, res: dict[str, Any], size: str, note: str):
+    """Rows of the Section 5 tasks (Tables 12-14): categories, pronoun groups, judges."""
+    rows = []
+    if task == "crows_pairs":
+        rows.append((name, "pct_stereotype", _pct(res["pct_stereotype"]),
+                     _paper(size, "crows_pairs"), note + " (lower: less biased)"))
+        rows.append((name, "likelihood_diff", f"{res['likelihood_diff']:.3f}", "", ""))
+        for cat, g in res.get("groups", {}).items():
+            rows.append((f"{name}/{cat}", "pct_stereotype", _pct(g["pct_stereotype"]),
+                         _paper(size, f"crows_pairs/{cat}"), f"n={g['num_examples']}"))
+    elif task == "winogender":
+        rows.append((name, "acc", _pct(res["acc"]), "", note))
+        for group, g in res.get("groups", {}).items():
+            rows.append((f"{name} {group}", "acc", _pct(g["acc"]),
+                         _paper(size, f"winogender/{group}"), f"n={g['num_examples']}"))
+        gotcha = res.get("gotcha")
+        if gotcha is None:
+            rows.append((f"{name} gotcha", "acc", "", "", res.get("gotcha_note", "not scored")))
+        else:
+            rows.append((f"{name} gotcha", "acc", _pct(gotcha["acc"]), "",
+                         f"n={gotcha['num_examples']}"))
+            for group, g in gotcha.get("groups", {}).items():
+                rows.append((f"{name} {group} (gotcha)", "acc", _pct(g["acc"]),
+                             _paper(size, f"winogender/gotcha/{group}"),
+                             f"n={g['num_examples']}"))
+    elif task in ("truthfulqa_mc1", "truthfulqa_mc2"):
+        rows.append((name, "acc", _pct(res["acc"]), "", note))
+    else:  # truthfulqa_gen
+        for metric in ("truthful", "truthful*informative"):
+            if metric in res:
+                rows.append((name, metric, _pct(res[metric]),
+                             _paper(size, f"truthfulqa/{metric}"), note))
+            else:
+                rows.append((name, metric, "", _paper(size, f"truthfulqa/{metric}"),
+                             res.get("judge_note", "not computed")))
+        for m in ("bleu", "rouge1", "rouge2", "rougeL"):
+            rows.append((name, f"{m}_acc", _pct(res[f"{m}_acc"]), "",
+                         f"{m}_max {res[f'{m}_max']:.2f}, {m}_diff {res[f'{m}_diff']:.2f}"))
     return rows
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from llama_jax.errors import ConfigError
 from llama_jax.eval.tasks import (
+    bias,
     code,
     commonsense,
     generative,
@@ -17,6 +18,7 @@ from llama_jax.eval.tasks import (
     perplexity,
     position_perplexity,
     toxicity,
+    truthfulqa,
 )
 from llama_jax.eval.tasks.base import EvalContext, EvalOptions, Task
 from llama_jax.eval.tasks.readers import DataError
@@ -31,6 +33,8 @@ TASKS: dict[str, Task] = {
     **passkey.TASKS,
     **math.TASKS,
     **toxicity.TASKS,
+    **bias.TASKS,
+    **truthfulqa.TASKS,
 }
 
 ALIASES = {
@@ -39,6 +43,7 @@ ALIASES = {
     "social_iqa": "siqa", "hendrycks_test": "mmlu", "race_m": "race_middle",
     "race_h": "race_high",
     "minerva_math": "math", "hendrycks_math": "math", "rtp": "realtoxicityprompts",
+    "crows_pairs_english": "crows_pairs", "winogender_all": "winogender",
 }
 
 __all__ = ["ALIASES", "TASKS", "DataError", "EvalContext", "EvalOptions", "Task", "get_task",

@@ -5,6 +5,7 @@ tokenisation."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -78,6 +79,10 @@ class EvalOptions:
       perspective_api_url: the API's base URL (a local stub in the tests).
       perspective_qps: Perspective requests per second (the API's default quota: 1).
       perspective_retries: retries of a request answered 429 or 5xx.
+      truthfulqa_judge: a local checkpoint folder of TruthfulQA's truthfulness
+        judge (GPT-judge); scores ``truthful`` of truthfulqa_gen (None: not computed).
+      truthfulqa_info_judge: the informativeness judge (GPT-info) folder; with
+        truthfulqa_judge, scores ``truthful*informative``.
     """
 
     gsm8k_samples: int = 1
@@ -109,9 +114,12 @@ class EvalOptions:
     perspective_api_url: str = "https://commentanalyzer.googleapis.com/v1alpha1"
     perspective_qps: float = 1.0
     perspective_retries: int = 5
+    truthfulqa_judge: str | None = None
+    truthfulqa_info_judge: str | None = None
 
     def __post_init__(self):
         _check_long_context(self)
+        _check_judges(self)
         if self.chat_template is not None:
             get_template(self.chat_template)  # an unknown name: ConfigError naming the names
         at_least_one = ("gsm8k_samples", "gsm8k_max_new_tokens", "qa_max_new_tokens",
@@ -151,6 +159,19 @@ def _check_toxicity(opts: EvalOptions) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"eval option perspective_retries={retries!r} must be an integer "
                           ">= 0 (--perspective_retries)")
+
+
+def _check_judges(opts: EvalOptions) -> None:
+    """The TruthfulQA judge options: existing folders; the info judge needs the truth judge."""
+    for name in ("truthfulqa_judge", "truthfulqa_info_judge"):
+        path = getattr(opts, name)
+        if path is not None and not os.path.isdir(path):
+            raise ConfigError(f"eval option {name}={path!r} is not a directory; give a local "
+                              "judge checkpoint folder (e.g. a Hugging Face Llama fine-tuned as "
+                              f"TruthfulQA's GPT-judge / GPT-info), or leave --{name} out")
+    if opts.truthfulqa_info_judge is not None and opts.truthfulqa_judge is None:
+        raise ConfigError("--truthfulqa_info_judge needs --truthfulqa_judge too (the paper's "
+                          "truthful*informative needs both judges)")
 
 
 def _numbers(name: str, values: Any, kind: type) -> tuple[Any, ...]:
