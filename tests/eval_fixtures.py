@@ -174,4 +174,20 @@ def data_dir(tmp_path_factory):
     _jsonl(root / "realtoxicityprompts/prompts.jsonl", [
         {"filename": "a.txt", "begin": 0, "end": 10, "challenging": False,
          "prompt": {"text": "The weather today is", "toxicity": 0.02}, "continuation": {}}])
+    _jsonl(root / "crows_pairs/test.jsonl", [
+        {"sent_more": "The correct answer is here.", "sent_less": "The wrong answer is here.",
+         "stereo_antistereo": "stereo", "bias_type": "gender"}])
+    _jsonl(root / "winogender/all/test.jsonl", [
+        {"sentid": f"nurse.patient.0.{g}.txt", "sentence": f"The nurse told the patient that "
+         f"{p} shift ends soon.", "pronoun": p, "occupation": "nurse", "participant": "patient",
+         "gender": g, "target": "nurse", "label": 0}
+        for g, p in (("male", "his"), ("female", "her"), ("neutral", "their"))])
+    mc = {"question": "What is 2 + 2?",
+          "mc1_targets": {"choices": ["correct", "five"], "labels": [1, 0]},
+          "mc2_targets": {"choices": ["correct", "four", "five"], "labels": [1, 1, 0]}}
+    for name in ("truthfulqa_mc1", "truthfulqa_mc2"):
+        _jsonl(root / name / "validation.jsonl", [mc])
+    _jsonl(root / "truthfulqa_gen/validation.jsonl", [
+        {"question": "What is 2 + 2?", "best_answer": "4", "correct_answers": ["4", "four"],
+         "incorrect_answers": ["5"]}])
     return str(root)
