@@ -74,3 +74,29 @@ def test_missing_tokenizer_is_an_error_before_any_work(demo_input, tmp_path):
     with pytest.raises(ConfigError, match="missing.model: no such file"):
         pipeline.run(cfg, print_table=False)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_all_four_ccnet_stages_on_the_demo(demo_input, tmp_path):
+    """The README's demo: both quality models trained from the installed-text sets, then
+    line dedup, language, perplexity and reference; spam pages end in the tail."""
+    from llama_jax.prepare import ngram_lm, reference_train
+
+    sets = demo.write_quality_sets(str(tmp_path / "quality"))
+    assert ngram_lm.main([f"--input={sets['lm_train']}", f"--out={tmp_path / 'lm.arpa'}",
+                          "--order=3"]) == 0
+    assert reference_train.main([f"--positive={sets['reference_positive']}",
+                                 f"--negative={sets['reference_negative']}",
+                                 f"--out={tmp_path / 'ref.joblib'}"]) == 0
+    cfg = ph.config(os.path.join(demo_input, "*.jsonl.gz"), str(tmp_path / "out"),
+                    stages=("line_dedup", "language", "perplexity", "reference"))
+    cfg.perplexity.model = str(tmp_path / "lm.arpa")
+    cfg.reference.model = str(tmp_path / "ref.joblib")
+    summary = pipeline.run(cfg, print_table=False)
+    rows = {r["stage"]: r for r in summary["stages"]}
+    assert list(rows) == ["input", "line_dedup", "language", "perplexity", "reference"]
+    assert rows["perplexity"]["dropped"]["perplexity_tail"] > 0
+    out = ph.read_output(str(tmp_path / "out"))
+    assert len(out) == rows["reference"]["documents_out"] > 0
+    assert not any("shop" in r["metadata"]["url"] for r in out)  # no generated spam page is left
+    assert all(r["metadata"]["bucket"] in ("head", "middle") for r in out)
+    assert all(r["metadata"]["reference_score"] > 0.5 for r in out)

