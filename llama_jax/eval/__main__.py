@@ -36,7 +36,7 @@ from llama_jax.convert import from_pretrained
 from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
 from llama_jax.convert.safetensors_io import READ_STATS
 from llama_jax.data.tokenizer import check_tokenizer_fits
-from llama_jax.eval import paper_results, report
+from llama_jax.eval import lm_eval_results, paper_results, report
 from llama_jax.eval.runner import build_context, check_batch_size, evaluate
 from llama_jax.eval.tasks import EvalOptions, parse_task_list
 from llama_jax.eval.tasks.base import check_limit
@@ -122,6 +122,8 @@ _OPTION_FLAGS = ("gsm8k_samples", "gsm8k_temperature", "code_samples", "code_tem
                  "perspective_qps", "perspective_retries",
                  "truthfulqa_judge", "truthfulqa_info_judge")
 flags.DEFINE_bool("log_samples", False, "Keep per-example predictions in the JSON.")
+flags.DEFINE_string("lm_eval_output", None, "Also write the results alone in lm-evaluation-"
+                    "harness's results shape (the JSON's 'lm_eval' key) to this file.")
 
 
 def main(argv):
@@ -151,6 +153,8 @@ def main(argv):
     md_path = FLAGS.markdown or os.path.splitext(FLAGS.output)[0] + ".md"
     check_output_file(FLAGS.output, "output")  # before the model is loaded, not after the run
     check_output_file(md_path, "markdown" if FLAGS.markdown else "output")
+    if FLAGS.lm_eval_output:
+        check_output_file(FLAGS.lm_eval_output, "lm_eval_output")
     with user_errors():  # a checkpoint or tokenizer that cannot be used
         tokenizer, tok_path = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
         overrides = {"attention_impl": FLAGS.attention_impl}
@@ -178,7 +182,12 @@ def main(argv):
     def save(results):
         if info.process_index != 0:  # every process scores; process 0 writes
             return
-        report.write_json({"model": meta, "results": results}, FLAGS.output)
+        lm_doc = lm_eval_results.document(
+            results, model_args=f"checkpoint={meta['checkpoint']},tokenizer={meta['tokenizer']}",
+            limit=FLAGS.limit, batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+        report.write_json({"model": meta, "results": results, "lm_eval": lm_doc}, FLAGS.output)
+        if FLAGS.lm_eval_output:
+            report.write_json(lm_doc, FLAGS.lm_eval_output)
         atomic_write(md_path, (report.markdown_table(results, num_params) + "\n").encode("utf-8"))
 
     results = evaluate(ctx, specs, FLAGS.data_dir or "", limit=FLAGS.limit,

@@ -18,6 +18,7 @@ from absl import logging
 from llama_jax import sharding
 from llama_jax.data.tokenizer import check_tokenizer_fits
 from llama_jax.errors import ConfigError, DataError
+from llama_jax.eval import lm_eval_results
 from llama_jax.eval.scoring import Scorer
 from llama_jax.eval.tasks import EvalContext, EvalOptions, Task
 from llama_jax.eval.tasks.base import check_limit
@@ -85,6 +86,7 @@ def evaluate(ctx: EvalContext, specs: Sequence[tuple[Task, int]], data_dir: str,
             where = os.path.join(data_dir, task.name) if data_dir else "its data"
             raise DataError(f"{key}: no examples to score in {where}; expected "
                             f"{task.data_format}")
+        res["stderr"] = lm_eval_results.stderrs(res)  # from the predictions, before they go
         if not keep_predictions:
             res.pop("predictions", None)
         res.update(task=task.name, num_fewshot=shots, seconds=round(time.perf_counter() - start, 2))
