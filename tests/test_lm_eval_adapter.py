@@ -16,6 +16,7 @@ own hellaswag / arc_easy yamls and point ``dataset_path: json`` at the files.
 - bad model_args are `ConfigError`s naming the key.
 """
 
+import importlib.metadata
 import inspect
 import json
 import os
@@ -38,7 +39,12 @@ from llama_jax.convert import convert_checkpoint, from_pretrained  # noqa: E402
 from llama_jax.convert.hf_tokenizer import save_hf_tokenizer  # noqa: E402
 from llama_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from llama_jax.errors import ConfigError  # noqa: E402
-from llama_jax.eval.lm_eval_adapter import LlamaJaxLM  # noqa: E402
+from llama_jax.eval.lm_eval_adapter import (  # noqa: E402
+    ENTRY_POINT_GROUP,
+    LlamaJaxLM,
+    cut_at_stops,
+    gen_options,
+)
 
 TASKS_DIR = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -223,3 +229,47 @@ def test_bad_model_args(model_dirs, tmp_path):
         LlamaJaxLM(checkpoint=str(model_dirs[1]), mesh="1x2")
     with pytest.raises(ValueError, match=str(tmp_path / "missing")):
         LlamaJaxLM(checkpoint=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"until": ["\n\n", "Question:"], "max_gen_toks": 32, "do_sample": False},
+    {"until": "\n", "max_new_tokens": 5, "temperature": 0.0},
+    {"max_tokens": 7, "temperature": 0.7},  # do_sample absent, temperature > 0: sampling
+    {"do_sample": True, "temperature": 0.5, "top_p": 0.9, "top_k": 4},
+    {"do_sample": False, "temperature": 0.8},  # greedy wins
+    {},
+])
+def test_gen_options_read_gen_kwargs_as_lm_eval_does(kwargs):
+    from lm_eval.models.utils import (
+        handle_stop_sequences,
+        normalize_gen_kwargs,
+        postprocess_generated_text,
+    )
+
+    want = dict(normalize_gen_kwargs(kwargs, 256))
+    until, max_gen, sampling = gen_options(kwargs, 256, "</s>")
+    assert until == handle_stop_sequences(want["until"], eos="</s>")
+    assert max_gen == want["max_gen_toks"]
+    assert sampling.temperature == (want["temperature"] if want["do_sample"] else 0.0)
+    assert (sampling.top_k, sampling.top_p) == ((kwargs.get("top_k", 0), kwargs.get("top_p", 1.0))
+                                                if not sampling.greedy else (0, 1.0))
+    text = "An answer.\n\nQuestion: next</s> more"
+    assert cut_at_stops(text, until) == postprocess_generated_text(text, until, None)
+
+
+def test_from_params_chat_template_and_entry_point(model_dirs, ours):
+    config, params = from_pretrained(model_dirs[1], progress=False)
+    live = LlamaJaxLM.from_params(config, params, ours.tok, batch_size=4)
+    reqs = _requests("loglikelihood", [("Question: Which is a source of light?\nAnswer:",
+                                        " the sun")])
+    np.testing.assert_allclose(live.loglikelihood(reqs)[0][0], ours.loglikelihood(reqs)[0][0],
+                               rtol=1e-5)
+    # --apply_chat_template: the llama2 template (the checkpoint has none); "<s>" is BOS.
+    chat = [{"role": "user", "content": "Which animal can fly?"}]
+    prompt = ours.apply_chat_template(chat)
+    assert prompt.startswith("<s>[INST]") and ours.chat_template(True)
+    assert ours.tok_encode(prompt)[0] == 1 and ours.tok_encode(prompt).count(1) == 1
+    # Newer lm-eval loads plugins from this entry point (group "lm_eval.models").
+    ep = importlib.metadata.EntryPoint(name="llama_jax", group=ENTRY_POINT_GROUP,
+                                       value="llama_jax.eval.lm_eval_adapter:LlamaJaxLM")
+    assert ep.load() is LlamaJaxLM

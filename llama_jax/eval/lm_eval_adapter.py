@@ -57,11 +57,6 @@ import lm_eval.models  # noqa: F401 (fills lm-eval's registry first: `get_model`
 from absl import logging
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import (
-    handle_stop_sequences,
-    normalize_gen_kwargs,
-    postprocess_generated_text,
-)
 from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
@@ -328,15 +323,14 @@ class LlamaJaxLM(TemplateLM):
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="llama_jax generate_until")
         for idx in groups.values():
-            kwargs = dict(normalize_gen_kwargs(requests[idx[0]].args[1], self.max_gen_toks))
-            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-            max_gen = int(kwargs.pop("max_gen_toks"))
+            until, max_gen, sampling = gen_options(requests[idx[0]].args[1], self.max_gen_toks,
+                                                   eos)
             room = self.max_length - max_gen
             if room < 1:
                 raise ConfigError(f"max_gen_toks={max_gen} leaves no room for a context in "
                                   f"max_length={self.max_length}; generate fewer tokens")
             contexts = [self.tok_encode(requests[i].args[0], left_truncate_len=room) for i in idx]
-            texts = self._generate(contexts, until, max_gen, _sampling(kwargs))
+            texts = self._generate(contexts, until, max_gen, sampling)
             for i, text in zip(idx, texts, strict=True):
                 out[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
@@ -355,7 +349,7 @@ class LlamaJaxLM(TemplateLM):
         outs = self._ctx.generator.generate_tokens(
             contexts, max_new_tokens=max_gen, sampling=sampling, eos_id=end_ids(self.tok),
             seed=self.opts.seed, is_finished=finished if stops else None, progress=False)
-        return [postprocess_generated_text(self.tok_decode(o[0]), until, None) for o in outs]
+        return [cut_at_stops(self.tok_decode(o[0]), until) for o in outs]
 
     # --- chat templates ---------------------------------------------------------------------
 
@@ -381,16 +375,44 @@ class LlamaJaxLM(TemplateLM):
 _ARG_NAMES = LlamaJaxLM.__init__.__code__.co_varnames[:LlamaJaxLM.__init__.__code__.co_argcount]
 
 
-def _sampling(kwargs: dict[str, Any]) -> SamplingConfig:
-    """Our `SamplingConfig` from normalised lm-eval gen_kwargs (greedy unless do_sample)."""
-    if not kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0)) == 0.0:
-        return GREEDY
+_MAX_TOKEN_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+
+
+def gen_options(gen_kwargs: dict[str, Any], default_max: int, eos: str | None
+                ) -> tuple[list[str], int, SamplingConfig]:
+    """(stop strings, max new tokens, sampling) of a request's gen_kwargs, as lm-eval reads them.
+
+    lm-eval's rules (``normalize_gen_kwargs`` + ``handle_stop_sequences``): the
+    first of max_gen_toks / max_new_tokens / max_tokens / max_completion_tokens,
+    else `default_max`; greedy unless ``do_sample`` (when absent: unless
+    temperature > 0); the EOS piece joins the ``until`` strings.
+    """
+    until = gen_kwargs.get("until")
+    until = [] if until is None else [until] if isinstance(until, str) else list(until)
+    if eos is not None and eos not in until:
+        until.append(eos)
+    max_gen = next((gen_kwargs[k] for k in _MAX_TOKEN_KEYS if gen_kwargs.get(k) is not None),
+                   default_max)
+    temperature = float(gen_kwargs.get("temperature") or 0.0)
+    do_sample = gen_kwargs.get("do_sample")
+    if do_sample is None:
+        do_sample = temperature > 0.0
+    if not do_sample or temperature == 0.0:
+        return until, int(max_gen), GREEDY
     try:
-        return SamplingConfig(temperature=float(kwargs["temperature"]),
-                              top_k=int(kwargs.get("top_k") or 0),
-                              top_p=float(kwargs.get("top_p") or 1.0))
+        sampling = SamplingConfig(temperature=temperature, top_k=int(gen_kwargs.get("top_k") or 0),
+                                  top_p=float(gen_kwargs.get("top_p") or 1.0))
     except ValueError as e:
         raise ConfigError(f"llama_jax gen_kwargs: {e}") from e
+    return until, int(max_gen), sampling
+
+
+def cut_at_stops(text: str, until: Sequence[str]) -> str:
+    """`text` before the first occurrence of each stop string in turn (lm-eval's post-processing)."""
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text
 
 
 def register() -> type[LlamaJaxLM]:
