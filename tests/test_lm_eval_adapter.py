@@ -227,8 +227,11 @@ def test_bad_model_args(model_dirs, tmp_path):
         LlamaJaxLM(checkpoint=str(model_dirs[1]), batch_size="lots")
     with pytest.raises(ConfigError, match="mesh"):
         LlamaJaxLM(checkpoint=str(model_dirs[1]), mesh="1x2")
-    with pytest.raises(ValueError, match=str(tmp_path / "missing")):
+    with pytest.raises(ConfigError, match=f"checkpoint={tmp_path / 'missing'} does not exist"):
         LlamaJaxLM(checkpoint=str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="tokenizer=FILE"):
+        LlamaJaxLM(checkpoint=str(tmp_path / "empty"))
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -12,38 +12,14 @@
 or lm-eval's own command line through ``python -m llama_jax.lm_eval --model
 llama_jax --model_args checkpoint=/ckpt/llama-7b,batch_size=16 --tasks ...``.
 
-Requests are tokenised as lm-eval's ``hf`` model tokenises them, so the numbers
-equal ``--model hf`` on the same weights (tests/test_lm_eval_adapter.py):
-
-* `tok_encode` puts BOS first (a Llama tokenizer's default, ``add_bos_token``)
-  unless the text already starts with the BOS string (a rendered chat prompt,
-  whose special-token strings become their ids); the context / continuation
-  split is TemplateLM's (trailing context spaces move to the continuation, the
-  continuation is the tail of ``encode(context + continuation)``);
-* ``loglikelihood``: `Scorer.loglikelihood` reads ``(context + continuation)[:-1]``
-  left-truncated to ``max_length + 1`` tokens, as HFLM does;
-* ``loglikelihood_rolling``: ``tok_encode(text)`` (with BOS, as HFLM's) in the
-  harness's disjoint rolling windows after ``prefix_token_id`` (BOS);
-* ``generate_until``: the context (with BOS) left-truncated to
-  ``max_length - max_gen_toks`` tokens, greedy unless ``do_sample`` (then
-  ``temperature`` / ``top_k`` / ``top_p``), stopped at EOS or any ``until``
-  string (the EOS piece is added to them, as HFLM does); the continuation is
-  decoded on its own (``tok_decode``, as HFLM's) and cut at the first stop.
-
-``model_args`` (all optional but ``checkpoint``): ``checkpoint``, ``tokenizer``,
-``batch_size``, ``max_length``, ``max_gen_toks``, ``dtype``, ``mesh``
-(``data x fsdp x tensor x sequence``, e.g. ``1x-1x1x1``; commas separate
-model_args), ``mesh_rules`` (``name=axis`` overrides joined by ``;``),
-``attention_impl``, ``seed``, ``add_bos_token``, ``prefix_token_id``,
-``chat_template`` (a built-in name or a tokenizer_config.json; default the
-checkpoint's, else ``llama2``; used by ``--apply_chat_template``). lm-eval's own
-``device`` and ``max_batch_size`` are accepted and ignored (JAX places the
-model on ``mesh``). Evaluating with lm-eval runs in one process; for several
-hosts use ``python -m llama_jax.eval``.
-
-Newer lm-eval releases discover model plugins through the ``lm_eval.models``
-entry-point group (``llama_jax = "llama_jax.eval.lm_eval_adapter:LlamaJaxLM"``);
-0.4.13 discovers none, hence ``python -m llama_jax.lm_eval``.
+Requests are tokenised and scored as lm-eval's ``hf`` model does them (BOS
+first, TemplateLM's context / continuation split, HFLM's truncation, rolling
+windows and stop handling), so the numbers equal ``--model hf`` on the same
+weights; docs/lm_eval.md lists the model_args and the details, and
+tests/test_lm_eval_adapter.py compares the two. Newer lm-eval releases find
+plugins through the ``lm_eval.models`` entry-point group (``llama_jax =
+"llama_jax.eval.lm_eval_adapter:LlamaJaxLM"``); 0.4.13 finds none, hence
+``python -m llama_jax.lm_eval``.
 """
 
 from __future__ import annotations
@@ -66,7 +42,7 @@ from llama_jax.cli import user_errors
 from llama_jax.convert import from_pretrained
 from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
 from llama_jax.data.tokenizer import check_tokenizer_fits
-from llama_jax.errors import ConfigError
+from llama_jax.errors import ConfigError, ConversionError
 from llama_jax.eval.runner import build_context
 from llama_jax.infer import placement
 from llama_jax.infer.engine import GREEDY, SamplingConfig, end_ids
@@ -164,13 +140,19 @@ class LlamaJaxLM(TemplateLM):
         if not checkpoint:
             raise ConfigError("llama_jax needs a checkpoint: --model_args checkpoint=PATH "
                               "(a Meta, Hugging Face, llama_jax orbax or training directory)")
+        if not os.path.exists(checkpoint):
+            raise ConfigError(f"llama_jax model_args checkpoint={checkpoint} does not exist; "
+                              "give a checkpoint directory")
         del device, max_batch_size  # JAX places the model on the mesh; batches are fixed
         opts = AdapterOptions(parse_batch_size(batch_size), max_length, max_gen_toks, int(seed),
                               bool(add_bos_token), prefix_token_id, chat_template)
         with user_errors():  # a checkpoint, tokenizer or mesh that cannot be used: one line
             mesh_obj = placement.parse_mesh(parse_mesh_arg(mesh))
             rules = sharding.make_rules(str(mesh_rules).replace(";", ",") if mesh_rules else None)
-            tok, tok_path = checkpoint_tokenizer(checkpoint, tokenizer)
+            try:
+                tok, tok_path = checkpoint_tokenizer(checkpoint, tokenizer)
+            except ConversionError as e:  # it names the eval CLI's flag; say ours
+                raise ConversionError(f"{e} (here: --model_args ...,tokenizer=FILE)") from e
             overrides = {"attention_impl": attention_impl, **({"dtype": dtype} if dtype else {})}
             config, params = from_pretrained(checkpoint, dtype=dtype, config_overrides=overrides,
                                              mesh=mesh_obj, rules=rules, progress=False)
