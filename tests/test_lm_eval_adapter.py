@@ -39,12 +39,15 @@ from llama_jax.convert import convert_checkpoint, from_pretrained  # noqa: E402
 from llama_jax.convert.hf_tokenizer import save_hf_tokenizer  # noqa: E402
 from llama_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from llama_jax.errors import ConfigError  # noqa: E402
+from llama_jax.eval import lm_eval_results  # noqa: E402
 from llama_jax.eval.lm_eval_adapter import (  # noqa: E402
     ENTRY_POINT_GROUP,
     LlamaJaxLM,
     cut_at_stops,
     gen_options,
 )
+from llama_jax.eval.runner import evaluate  # noqa: E402
+from llama_jax.eval.tasks import parse_task_list  # noqa: E402
 
 TASKS_DIR = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -70,6 +73,11 @@ ARC = [
         ("Which is a source of light?", ["the sun", "a rock", "a shoe", "water"], "A"),
         ("What do plants need to grow?", ["noise", "sunlight", "plastic"], "B"),
         ("Which animal can fly?", ["a fish", "a dog", "a bird", "a worm"], "C"),
+        ("What is ice made of?", ["water", "sand", "wood", "glass"], "A"),
+        ("Which is the largest?", ["an ant", "a mouse", "a whale"], "C"),
+        ("What makes a shadow?", ["sound", "blocked light", "heat", "wind"], "B"),
+        ("Which season is coldest?", ["summer", "spring", "autumn", "winter"], "D"),
+        ("Where do fish live?", ["in trees", "in water"], "B"),
     ])]
 
 
@@ -137,13 +145,19 @@ def _offline(monkeypatch):
 def _evaluate(lm, include_dir):
     manager = TaskManager(include_path=str(include_dir), include_defaults=False)
     return lm_eval.simple_evaluate(model=lm, tasks=["hellaswag", "arc_easy"],
-                                   task_manager=manager, log_samples=True, bootstrap_iters=0)
+                                   task_manager=manager, log_samples=True, bootstrap_iters=1000)
 
 
-def test_simple_evaluate_equals_hf(ours, hf, include_dir):
-    got, want = _evaluate(ours, include_dir), _evaluate(hf, include_dir)
+@pytest.fixture(scope="module")
+def runs(ours, hf, include_dir):
+    """lm-eval's simple_evaluate with our model and with its hf model."""
+    return _evaluate(ours, include_dir), _evaluate(hf, include_dir)
+
+
+def test_simple_evaluate_equals_hf(runs):
+    got, want = runs
     for task in ("hellaswag", "arc_easy"):
-        for metric in ("acc,none", "acc_norm,none"):
+        for metric in ("acc,none", "acc_norm,none", "acc_stderr,none", "acc_norm_stderr,none"):
             assert got["results"][task][metric] == want["results"][task][metric], (task, metric)
         ours_ll = [[r[0][0] for r in s["resps"]] for s in got["samples"][task]]
         hf_ll = [[r[0][0] for r in s["resps"]] for s in want["samples"][task]]
@@ -155,6 +169,24 @@ def test_simple_evaluate_equals_hf(ours, hf, include_dir):
         # The same prompts: lm-eval's arguments, our numbers.
         assert [s["arguments"] for s in got["samples"][task]] == \
             [s["arguments"] for s in want["samples"][task]]
+
+
+def test_our_eval_json_equals_lm_evals_results(runs, ours, tmp_path):
+    """Our arc_easy task (published ARC files) -> our lm-eval-shaped document == lm-eval's."""
+    rows = [{"id": r["id"], "question": {"stem": r["question"], "choices": [
+        {"text": t, "label": lab} for t, lab in zip(r["choices"]["text"], r["choices"]["label"],
+                                                    strict=True)]}, "answerKey": r["answerKey"]}
+        for r in ARC]
+    (tmp_path / "arc_easy").mkdir()
+    _write_jsonl(tmp_path / "arc_easy" / "ARC-Easy-Test.jsonl", rows)
+    results = evaluate(ours._ctx, parse_task_list("arc_easy:0"), str(tmp_path))
+    ours_doc = lm_eval_results.document(results)["results"]["arc_easy"]
+    theirs = runs[0]["results"]["arc_easy"]
+    assert 0.0 < theirs["acc_norm,none"] < 1.0  # a stderr that is not 0
+    for key in ("acc,none", "acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none"):
+        assert ours_doc[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-12), key
+    assert ours_doc["alias"] == theirs["alias"] == "arc_easy"
+    assert runs[0]["n-samples"]["arc_easy"]["effective"] == len(ARC)
 
 
 def _requests(kind, args):
@@ -276,3 +308,13 @@ def test_from_params_chat_template_and_entry_point(model_dirs, ours):
     ep = importlib.metadata.EntryPoint(name="llama_jax", group=ENTRY_POINT_GROUP,
                                        value="llama_jax.eval.lm_eval_adapter:LlamaJaxLM")
     assert ep.load() is LlamaJaxLM
+
+
+def test_simple_evaluate_with_chat_template_runs(ours, include_dir):
+    manager = TaskManager(include_path=str(include_dir), include_defaults=False)
+    out = lm_eval.simple_evaluate(model=ours, tasks=["arc_easy"], task_manager=manager,
+                                  apply_chat_template=True, limit=1, bootstrap_iters=0)
+    args = out["samples"]["arc_easy"][0]["arguments"]
+    context = args[0][0]  # (context, continuation) of the first choice
+    assert context.startswith("<s>[INST]") and "Which is a source of light?" in context
+    assert 0.0 <= out["results"]["arc_easy"]["acc,none"] <= 1.0

@@ -395,8 +395,3 @@ def cut_at_stops(text: str, until: Sequence[str]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text
-
-
-def register() -> type[LlamaJaxLM]:
-    """The class registered under ``llama_jax`` (importing this module registers it)."""
-    return LlamaJaxLM
