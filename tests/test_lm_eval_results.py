@@ -121,6 +121,16 @@ def test_closed_form_without_predictions_equals_the_per_example_value(run):
         assert R.stderrs(bare)[metric] == pytest.approx(run[task]["stderr"][metric], rel=1e-12)
 
 
+def test_per_example_values_that_do_not_give_the_metric_are_not_used():
+    # "correct" here is not what the headline metric averages: closed form, not the list.
+    res = {"acc": 0.5, "num_examples": 4, "primary_metric": "acc",
+           "predictions": [{"correct": True}] * 4}
+    assert R.stderrs(res)["acc"] == pytest.approx(lm_metrics.mean_stderr([1, 1, 0, 0]))
+    res = {"score": 0.3, "num_examples": 4, "primary_metric": "score",
+           "predictions": [{"correct": True}] * 4}
+    assert R.stderrs(res)["score"] == "N/A"  # not a 0/1 metric, no usable values
+
+
 def test_document_has_lm_evals_shape(run):
     doc = R.document(run, model_args="checkpoint=/ckpt", limit=None, batch_size=4, seed=0)
     piqa = doc["results"]["piqa"]

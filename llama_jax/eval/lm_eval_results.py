@@ -171,7 +171,7 @@ def stderrs(res: Mapping[str, Any], bootstrap_iters: int = BOOTSTRAP_ITERS
         sub_se = [(s[1]["stderr"].get(m), s[1].get("num_examples")) for s in subs]
         if subs and all(isinstance(se, float) and size for se, size in sub_se):
             out[m] = pooled_stderr([se for se, _ in sub_se], [size for _, size in sub_se])
-        elif xs is not None and n is not None and len(xs) == n:
+        elif _consistent(xs, n, agg, res[m]):
             if agg in BOOTSTRAPPED:
                 out[m] = (bootstrap_stderr(AGGREGATIONS[agg], xs, bootstrap_iters)
                           if len(xs) > 1 and bootstrap_iters > 0 else NA)
@@ -182,6 +182,18 @@ def stderrs(res: Mapping[str, Any], bootstrap_iters: int = BOOTSTRAP_ITERS
         else:
             out[m] = NA
     return out
+
+
+def _consistent(xs: list[float] | None, n: Any, agg: str, value: float) -> bool:
+    """True when `xs` are this metric's per-example values: n of them, aggregating to `value`.
+
+    Guards against reading another task's predictions the wrong way (a new
+    task whose "correct" means something else): a mismatch falls back to the
+    closed form or "N/A", never a wrong stderr.
+    """
+    if xs is None or not xs or n is None or len(xs) != n or agg not in AGGREGATIONS:
+        return False
+    return math.isclose(AGGREGATIONS[agg](xs), float(value), rel_tol=1e-9, abs_tol=1e-9)
 
 
 def subtasks(res: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
