@@ -20,6 +20,14 @@ from collections.abc import Sequence
 from llama_jax.cli import handle_errors
 from llama_jax.errors import ConfigError
 
+_IMPORT_ERROR: ImportError | None = None
+try:  # absolute imports: the installed harness, not this package
+    import lm_eval.__main__ as lm_eval_main
+
+    from llama_jax.eval import lm_eval_adapter  # noqa: F401 (registers --model llama_jax)
+except ImportError as e:  # the [lm_eval] extra is not installed
+    lm_eval_main, _IMPORT_ERROR = None, e
+
 
 @handle_errors
 def main(argv: Sequence[str] | None = None) -> int | None:
@@ -28,13 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     A user error of ours (a bad model_args value, a missing checkpoint) is
     one ``error: ...`` line and exit status 2, as in every llama_jax CLI.
     """
-    try:
-        import lm_eval.__main__ as lm_eval_main  # the installed harness, not this package
-    except ImportError as e:
-        raise ConfigError("lm-evaluation-harness is not installed; pip install "
-                          "'llama_jax[lm_eval]'") from e
-    import llama_jax.eval.lm_eval_adapter  # noqa: F401 (registers --model llama_jax)
-
+    if lm_eval_main is None:
+        raise ConfigError(f"lm-evaluation-harness is not installed ({_IMPORT_ERROR}); pip "
+                          "install 'llama_jax[lm_eval]'")
     args = list(sys.argv[1:] if argv is None else argv)
     saved = sys.argv
     sys.argv = ["lm-eval", *args]  # lm-eval's parser reads sys.argv itself
