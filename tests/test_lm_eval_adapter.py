@@ -33,6 +33,11 @@ lm_eval = pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
+from lm_eval.models.utils import (  # noqa: E402
+    handle_stop_sequences,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+)
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from llama_jax.convert import convert_checkpoint, from_pretrained  # noqa: E402
@@ -48,6 +53,7 @@ from llama_jax.eval.lm_eval_adapter import (  # noqa: E402
 )
 from llama_jax.eval.runner import evaluate  # noqa: E402
 from llama_jax.eval.tasks import parse_task_list  # noqa: E402
+from llama_jax.eval.tasks.base import encode_pair  # noqa: E402
 
 TASKS_DIR = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -231,6 +237,11 @@ def test_empty_context_and_encoding_match_hf(ours, hf):
     assert ours.tok_encode("<s>Question") == [1, *ours.tok.encode("Question")]
     assert ours.tok_encode("Question", add_special_tokens=False) == ours.tok.encode("Question")
     assert ours.prefix_token_id == hf.prefix_token_id and ours.eot_token_id == hf.eot_token_id
+    # Our own tasks' encode_pair is lm-eval's split (TemplateLM._encode_pair, BOS first).
+    for c, x in [("Question: Which is a source of light?\nAnswer:", " the sun"),
+                 ("A man sits on a stool holding a guitar. he ", "strums the strings."),
+                 ("Baking cookies: A woman", " puts flour in a bowl.")]:
+        assert encode_pair(ours.tok, c, x) == ours._encode_pair(c, x) == hf._encode_pair(c, x)
 
 
 def test_registered_and_cli_runs(model_dirs, include_dir, tmp_path):
@@ -275,12 +286,6 @@ def test_bad_model_args(model_dirs, tmp_path):
     {},
 ])
 def test_gen_options_read_gen_kwargs_as_lm_eval_does(kwargs):
-    from lm_eval.models.utils import (
-        handle_stop_sequences,
-        normalize_gen_kwargs,
-        postprocess_generated_text,
-    )
-
     want = dict(normalize_gen_kwargs(kwargs, 256))
     until, max_gen, sampling = gen_options(kwargs, 256, "</s>")
     assert until == handle_stop_sequences(want["until"], eos="</s>")

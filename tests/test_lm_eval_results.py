@@ -18,6 +18,7 @@ import random
 import subprocess
 import sys
 
+import jax
 import pytest
 from eval_fixtures import (
     FakeGenerator,
@@ -27,9 +28,13 @@ from eval_fixtures import (
     prefers,
 )
 
+import llama_jax
+from llama_jax.data.tokenizer import train_tokenizer
 from llama_jax.eval import lm_eval_results as R
+from llama_jax.eval.metrics import pass_at_k
 from llama_jax.eval.runner import evaluate
 from llama_jax.eval.tasks import parse_task_list
+from llama_jax.model import LlamaConfig, init_params
 
 lm_metrics = pytest.importorskip("lm_eval.api.metrics")
 
@@ -121,6 +126,21 @@ def test_closed_form_without_predictions_equals_the_per_example_value(run):
         assert R.stderrs(bare)[metric] == pytest.approx(run[task]["stderr"][metric], rel=1e-12)
 
 
+def test_code_and_passkey_stderrs_from_their_predictions():
+    passed = [0, 3, 10, 1, 7]
+    per_problem = {k: [pass_at_k(10, c, k) for c in passed] for k in (1, 10)}
+    res = {"n": 10, "num_examples": 5, "primary_metric": "pass@1",
+           "pass@1": sum(per_problem[1]) / 5, "pass@10": sum(per_problem[10]) / 5,
+           "predictions": [{"task_id": i, "num_passed": c} for i, c in enumerate(passed)]}
+    errs = R.stderrs(res)
+    for k in (1, 10):
+        assert errs[f"pass@{k}"] == pytest.approx(lm_metrics.mean_stderr(per_problem[k]))
+    rows = [{"correct": c, "logprob": -1.0} for c in (True, False, False)]
+    res = {"accuracy": 1 / 3, "key_logprob": -1.0, "num_examples": 3,
+           "primary_metric": "accuracy", "predictions": rows}
+    assert R.stderrs(res)["accuracy"] == pytest.approx(lm_metrics.mean_stderr([1, 0, 0]))
+
+
 def test_per_example_values_that_do_not_give_the_metric_are_not_used():
     # "correct" here is not what the headline metric averages: closed form, not the list.
     res = {"acc": 0.5, "num_examples": 4, "primary_metric": "acc",
@@ -160,12 +180,6 @@ def test_document_has_lm_evals_shape(run):
 
 
 def test_eval_cli_writes_the_lm_eval_document(data_dir, tmp_path):  # noqa: F811
-    import jax
-
-    import llama_jax
-    from llama_jax.data.tokenizer import train_tokenizer
-    from llama_jax.model import LlamaConfig, init_params
-
     text = open(json.__file__).read()
     tok = train_tokenizer([text], str(tmp_path / "tok"), vocab_size=384)
     cfg = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=384,
