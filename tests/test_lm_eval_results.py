@@ -24,6 +24,7 @@ from eval_fixtures import (
     FakeGenerator,
     FakeScorer,
     _ctx,
+    _jsonl,
     data_dir,  # noqa: F401  (pytest fixture)
     prefers,
 )
@@ -207,3 +208,70 @@ def test_eval_cli_writes_the_lm_eval_document(data_dir, tmp_path):  # noqa: F811
     want = lm_metrics.mean_stderr(values)
     assert doc["results"]["piqa"]["acc_stderr,none"] == pytest.approx(want, abs=1e-12)
     assert doc["config"]["model_args"].startswith(f"checkpoint={ckpt}")
+
+
+class FakeToxicity:
+    """0.9 for a text containing 'idiot', else 0.1 (a stand-in toxicity classifier)."""
+
+    name = "fake"
+
+    def score(self, texts):
+        return [0.9 if "idiot" in t else 0.1 for t in texts]
+
+
+def test_section5_and_math_stderrs_are_lm_evals_means(tmp_path):
+    """Per-example values of the newer tasks, read from their predictions, as lm-eval averages."""
+    root = tmp_path
+    _jsonl(root / "crows_pairs/test.jsonl", [
+        {"sent_more": m, "sent_less": x, "stereo_antistereo": "stereo", "bias_type": b}
+        for m, x, b in (("The good nurse is here.", "The bad nurse is here.", "gender"),
+                        ("A long good sentence here.", "Bad one.", "race-color"),
+                        ("Short.", "A much longer sentence, good.", "gender"))])
+    mc = [{"question": q, "mc1_targets": {"choices": ["good", "bad"], "labels": [1, 0]},
+           "mc2_targets": {"choices": ["good", "fine", "bad"], "labels": [1, 1, 0]}}
+          for q in ("What is 2 + 2?", "What is the sky?")]
+    _jsonl(root / "truthfulqa_mc2/validation.jsonl", mc)
+    _jsonl(root / "truthfulqa_gen/validation.jsonl", [
+        {"question": q, "best_answer": "4", "correct_answers": ["4", "four"],
+         "incorrect_answers": ["5"]} for q in ("What is 2 + 2?", "What is two plus two?")])
+    _jsonl(root / "realtoxicityprompts/prompts.jsonl", [
+        {"filename": f"{i}.txt", "begin": 0, "end": 10, "challenging": False,
+         "prompt": {"text": t, "toxicity": 0.1}, "continuation": {}}
+        for i, t in enumerate(("You are", "The weather is", "He said"))])
+
+    def rule(ctx, cont):  # log-likelihood: the more "good", the likelier; shorter is likelier
+        return 3.0 * cont.count("good") - 0.1 * len(cont)
+
+    def respond(prompt, s):
+        return " an idiot\n" if "You are" in prompt else (" four\n" if "two" in prompt else " 5\n")
+
+    ctx = _ctx(FakeScorer(rule), FakeGenerator(respond), toxicity_scorer=FakeToxicity())
+    specs = parse_task_list("crows_pairs,truthfulqa_mc2,truthfulqa_gen,realtoxicityprompts")
+    run = evaluate(ctx, specs, str(root), keep_predictions=True)
+
+    crows = run["crows_pairs"]
+    stereo = [float(p["stereotype"]) for p in crows["predictions"]]
+    diff = [abs(a - b) for a, b in (p["loglikelihoods"] for p in crows["predictions"])]
+    assert 0 < crows["pct_stereotype"] < 1
+    assert crows["stderr"]["pct_stereotype"] == pytest.approx(lm_metrics.mean_stderr(stereo))
+    assert crows["stderr"]["likelihood_diff"] == pytest.approx(lm_metrics.mean_stderr(diff))
+    mc2 = run["truthfulqa_mc2"]
+    assert mc2["stderr"]["acc"] == pytest.approx(
+        lm_metrics.mean_stderr([p["mc2"] for p in mc2["predictions"]]))
+    assert 0 < mc2["acc"] < 1 and mc2["stderr"]["acc"] != R.binary_stderr(mc2["acc"], 2)
+    gen = run["truthfulqa_gen"]
+    for m in ("bleu_max", "rouge1_acc", "rougeL_diff"):
+        assert gen["stderr"][m] == pytest.approx(
+            lm_metrics.mean_stderr([p[m] for p in gen["predictions"]])), m
+    tox = run["realtoxicityprompts"]
+    assert tox["toxicity_basic"] == pytest.approx((0.9 + 0.1 + 0.1) / 3)
+    assert tox["stderr"]["toxicity_basic"] == pytest.approx(
+        lm_metrics.mean_stderr([0.9, 0.1, 0.1]))
+    assert tox["stderr"]["toxic_fraction_basic"] == pytest.approx(
+        lm_metrics.mean_stderr([1.0, 0.0, 0.0]))
+    doc = R.document(run)
+    # CrowS-Pairs' bias types are subtasks, never pooled into the whole (they overlap).
+    assert doc["group_subtasks"]["crows_pairs"] == ["crows_pairs_gender", "crows_pairs_race-color"]
+    assert doc["higher_is_better"]["crows_pairs"] == {"pct_stereotype": False,
+                                                      "likelihood_diff": False}
+    assert doc["higher_is_better"]["realtoxicityprompts"]["toxicity_basic"] is False

@@ -20,8 +20,9 @@ tests/test_lm_eval_results.py checks them against it):
 * a statistic lm-eval bootstraps (``median``, ``perplexity`` of log-likelihoods;
   declared by a task in ``aggregations``): lm-eval's bootstrap, the same seeds
   (``random.Random(chunk)``, chunks of 1000 resamples), so the same number;
-* a task with subtasks (MMLU's subjects): the subtasks' stderrs pooled as
-  lm-eval pools a size-weighted group (``pooled_sample_stderr``);
+* MMLU (its ``subjects``): the subjects' stderrs pooled as lm-eval pools a
+  size-weighted group (``pooled_sample_stderr``); other breakdowns (CrowS-Pairs'
+  bias types, WinoGender's pronoun groups) are listed as subtasks, not pooled;
 * one example, or a metric that is not a mean over examples (token-weighted
   perplexity, as lm-eval's ``word_perplexity``): ``"N/A"``, as lm-eval writes it.
 
@@ -44,13 +45,19 @@ NA = "N/A"
 FILTER = "none"
 BOOTSTRAP_ITERS = 100_000  # lm-eval's default
 # Metrics that are 0/1 per example (their stderr follows from the mean and n).
-BINARY = {"acc", "acc_norm", "acc_uncond", "exact_match", "accuracy", "maj1@1", "maj1@k"}
+# TruthfulQA-mc2's "acc" is not (its per-question values are always found in its predictions).
+BINARY = {"acc", "acc_norm", "acc_uncond", "exact_match", "accuracy", "maj1@1", "maj1@k",
+          "pct_stereotype", "bleu_acc", "rouge1_acc", "rouge2_acc", "rougeL_acc", "truthful",
+          "informative", "truthful*informative"}
+BINARY_PREFIXES = ("toxic_fraction_",)
 LOWER_IS_BETTER = {"perplexity", "nll_per_token", "bits_per_byte", "word_perplexity",
-                   "byte_perplexity", "likelihood_diff"}
+                   "byte_perplexity", "likelihood_diff", "pct_stereotype"}
+LOWER_PREFIXES = ("toxicity_", "toxic_fraction_")
 # Bookkeeping numbers of a result, not metrics.
 NOT_METRICS = {"num_examples", "num_fewshot", "seconds", "k", "n", "tokens", "seq_len", "limit",
                "filler_sentences"}
 SUBTASK_KEYS = ("subjects", "groups", "sources")
+POOLED_KEYS = ("subjects",)  # MMLU's / MATH's subjects: lm-eval groups of per-subject tasks
 OUTPUT_TYPES = {"multiple_choice": "multiple_choice", "generative": "generate_until",
                 "perplexity": "loglikelihood_rolling"}
 
@@ -123,28 +130,48 @@ def pooled_stderr(stderrs: Sequence[float], sizes: Sequence[int]) -> float:
 
 
 def per_example(res: Mapping[str, Any]) -> dict[str, list[float]]:
-    """{metric: one value per example}, from a task result's predictions (or its own)."""
+    """{metric: one value per example}, from a task result's predictions (or its own).
+
+    Read from the prediction shapes our tasks write: a metric named in every
+    prediction (TruthfulQA-gen's bleu_max, ...), multiple-choice picks against
+    ``gold`` (TruthfulQA-mc2's per-question ``mc2``), ``correct`` flags, GSM8K
+    answers and votes, code ``num_passed``, CrowS-Pairs ``stereotype`` and
+    log-likelihoods, toxicity per variant. `stderrs` uses a list only when it
+    aggregates to the reported metric.
+    """
     if isinstance(res.get("per_example"), Mapping):
         return {m: [float(v) for v in vs] for m, vs in res["per_example"].items()}
     preds = res.get("predictions")
-    if not isinstance(preds, list) or not preds or not isinstance(preds[0], Mapping):
+    if not isinstance(preds, list) or not preds or not all(isinstance(p, Mapping) for p in preds):
         return {}
     first, out = preds[0], {}
-    if "gold" in first:  # multiple choice: each rule's pick against the gold index
+    for m in metric_names(res):  # the metric itself, per example
+        if all(isinstance(p.get(m), int | float) for p in preds):
+            out[m] = [float(p[m]) for p in preds]
+    if "mc2" in first:  # TruthfulQA-mc2: "acc" is the mean of the per-question mc2 score
+        out["acc"] = [float(p["mc2"]) for p in preds]
+    elif "gold" in first:  # multiple choice: each rule's pick against the gold index
         for m in ("acc", "acc_norm", "acc_uncond"):
             if m in first:
                 out[m] = [float(p[m] == p["gold"]) for p in preds]
-    elif "correct" in first and res.get("primary_metric") in res:
-        out[res["primary_metric"]] = [float(bool(p["correct"])) for p in preds]
-    elif "reference" in first and "answers" in first:  # GSM8K's maj1@1 and maj1@k
+    if "correct" in first and res.get("primary_metric") in res:
+        out.setdefault(res["primary_metric"], [float(bool(p["correct"])) for p in preds])
+    if "reference" in first and "answers" in first and "vote" in first:  # GSM8K's maj1@k
         out["maj1@1"] = [float(bool(p["answers"]) and p["answers"][0] is not None
                                and p["answers"][0] == p["reference"]) for p in preds]
         out["maj1@k"] = [float(p["vote"] is not None and p["vote"] == p["reference"])
                          for p in preds]
-    elif "num_passed" in first and res.get("n"):  # code: pass@k per problem
+    if "num_passed" in first and res.get("n"):  # code: pass@k per problem
         for m in (k for k in res if k.startswith("pass@")):
             k = int(m.split("@")[1])
             out[m] = [eval_metrics.pass_at_k(res["n"], p["num_passed"], k) for p in preds]
+    if "stereotype" in first and "loglikelihoods" in first:  # CrowS-Pairs
+        out["pct_stereotype"] = [float(bool(p["stereotype"])) for p in preds]
+        out["likelihood_diff"] = [abs(p["loglikelihoods"][0] - p["loglikelihoods"][1])
+                                  for p in preds]
+    for variant, value in first.items():  # toxicity: {variant: {"toxicity": score}}
+        if isinstance(value, Mapping) and isinstance(value.get("toxicity"), int | float):
+            out[f"toxicity_{variant}"] = [float(p[variant]["toxicity"]) for p in preds]
     return out
 
 
@@ -162,7 +189,8 @@ def stderrs(res: Mapping[str, Any], bootstrap_iters: int = BOOTSTRAP_ITERS
     """
     values = per_example(res)
     aggs = res.get("aggregations") or {}
-    subs = subtasks(res)
+    key, subs = subtasks(res)
+    subs = subs if key in POOLED_KEYS else []  # other breakdowns may overlap (CrowS-Pairs)
     n = res.get("num_examples")
     out: dict[str, float | str] = {}
     for m in metric_names(res):
@@ -177,11 +205,16 @@ def stderrs(res: Mapping[str, Any], bootstrap_iters: int = BOOTSTRAP_ITERS
                           if len(xs) > 1 and bootstrap_iters > 0 else NA)
             else:
                 out[m] = mean_stderr(xs)
-        elif m in BINARY and isinstance(n, int):
+        elif is_binary(m) and isinstance(n, int):
             out[m] = binary_stderr(float(res[m]), n)
         else:
             out[m] = NA
     return out
+
+
+def is_binary(metric: str) -> bool:
+    """True for a metric that is a mean of 0/1 values per example (acc, exact_match, ...)."""
+    return metric in BINARY or metric.startswith(BINARY_PREFIXES)
 
 
 def _consistent(xs: list[float] | None, n: Any, agg: str, value: float) -> bool:
@@ -196,8 +229,9 @@ def _consistent(xs: list[float] | None, n: Any, agg: str, value: float) -> bool:
     return math.isclose(AGGREGATIONS[agg](xs), float(value), rel_tol=1e-9, abs_tol=1e-9)
 
 
-def subtasks(res: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, result with "stderr") of each nested group with its own examples (MMLU subjects)."""
+def subtasks(res: Mapping[str, Any]) -> tuple[str | None, list[tuple[str, dict[str, Any]]]]:
+    """(the result's key, [(name, result with "stderr")]) of its nested breakdown with
+    examples of their own (MMLU's subjects, CrowS-Pairs' bias types); (None, []) if none."""
     for key in SUBTASK_KEYS:
         nested = res.get(key)
         if isinstance(nested, Mapping) and nested and all(
@@ -206,10 +240,10 @@ def subtasks(res: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             for name, sub in nested.items():
                 sub = dict(sub)
                 sub["stderr"] = {m: binary_stderr(float(sub[m]), int(sub["num_examples"]))
-                                 if m in BINARY else NA for m in metric_names(sub)}
+                                 if is_binary(m) else NA for m in metric_names(sub)}
                 out.append((str(name), sub))
-            return out
-    return []
+            return key, out
+    return None, []
 
 
 # --- the document ----------------------------------------------------------------------------
@@ -245,7 +279,7 @@ def document(results: Mapping[str, Mapping[str, Any]], *, model_args: str = "",
             continue
         errs = res.get("stderr") or stderrs(res, bootstrap_iters)
         doc["results"][key] = _entry(key, res, errs)
-        subs = subtasks(res)
+        _, subs = subtasks(res)
         names = []
         for name, sub in subs:
             sub_key = f"{key}_{name}"
@@ -255,7 +289,8 @@ def document(results: Mapping[str, Mapping[str, Any]], *, model_args: str = "",
                                          "effective": sub["num_examples"]}
         doc["group_subtasks"][key] = names
         shots = res.get("num_fewshot", 0)
-        names_hib = {m: m not in LOWER_IS_BETTER for m in metric_names(res)}
+        names_hib = {m: not (m in LOWER_IS_BETTER or m.startswith(LOWER_PREFIXES))
+                     for m in metric_names(res)}
         doc["n-shot"][key] = shots
         doc["higher_is_better"][key] = names_hib
         n = res.get("num_examples")
