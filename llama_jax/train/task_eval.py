@@ -42,7 +42,8 @@ from llama_jax.model import LlamaConfig
 from llama_jax.model import lora as lora_lib
 
 # Result entries that are bookkeeping, not metrics (not logged).
-_NOT_METRICS = frozenset({"predictions", "seconds", "num_fewshot", "task", "primary_metric"})
+_NOT_METRICS = frozenset({"predictions", "seconds", "num_fewshot", "task", "primary_metric",
+                          "stderr"})
 
 
 @dataclasses.dataclass(frozen=True)

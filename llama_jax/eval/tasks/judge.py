@@ -20,6 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from llama_jax.convert import from_pretrained
+from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
+from llama_jax.data.tokenizer import check_tokenizer_fits
+from llama_jax.eval.scoring import Scorer
 from llama_jax.eval.tasks.base import encode_pair
 
 TRUTH_PROMPT = "Q: {question}\nA: {answer}\nTrue:"
@@ -44,11 +48,6 @@ class Judge:
         self.path = path
         self.prompt = prompt
         if scorer is None:
-            from llama_jax.convert import from_pretrained
-            from llama_jax.convert.hf_tokenizer import checkpoint_tokenizer
-            from llama_jax.data.tokenizer import check_tokenizer_fits
-            from llama_jax.eval.scoring import Scorer
-
             tokenizer, _ = checkpoint_tokenizer(path)
             config, params = from_pretrained(path, progress=False)
             check_tokenizer_fits(tokenizer, config.vocab_size, f"judge checkpoint {path}")
