@@ -1,12 +1,16 @@
 """The ArXiv stage on a small .tex file with macros, comments and a bibliography."""
 
+import json
+
 import pytest
 from datatrove.data import Document
 
 from llama_jax.errors import ConfigError
-from llama_jax.prepare import arxiv, stage
+from llama_jax.prepare import arxiv, pipeline, stage
 from llama_jax.prepare.arxiv import TexFileReader, clean_tex, remove_comments
+from llama_jax.prepare.config import source_config
 from llama_jax.prepare.latex_macros import expand_macros, extract_macros
+from llama_jax.prepare.readers import make_reader
 
 PAPER = r"""\documentclass{article}
 \usepackage{amsmath}
@@ -88,7 +92,18 @@ def test_tex_file_reader(tmp_path):
     docs = list(reader.run())
     assert [d.id for d in docs] == [str(tmp_path / "a.tex")] and docs[0].text == PAPER
     assert reader.stats["skipped_not_utf8"].total == 1
-    assert arxiv.READERS[".tex"] is TexFileReader
+    assert isinstance(make_reader("tex", [str(tmp_path / "a.tex")]), TexFileReader)
+
+
+def test_tex_files_through_the_cli_pipeline(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.tex").write_text(PAPER)
+    cfg = source_config(("arxiv",))
+    cfg.input, cfg.output, cfg.input_format = str(tmp_path / "in"), str(tmp_path / "out"), "tex"
+    pipeline.run(cfg, print_table=False)
+    with open(tmp_path / "out" / "data" / "00000.jsonl") as f:
+        (record,) = [json.loads(line) for line in f]
+    assert record["text"] == clean_tex(PAPER)
 
 
 def test_config_error():

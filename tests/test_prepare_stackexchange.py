@@ -1,13 +1,15 @@
 """The StackExchange stage: Posts.xml reading, site list, HTML removal, answers by score."""
 
 import importlib.util
+import json
 import os
 
 import pytest
 from datatrove.data import Document
 
 from llama_jax.errors import ConfigError
-from llama_jax.prepare import stackexchange, stage
+from llama_jax.prepare import pipeline, stackexchange, stage
+from llama_jax.prepare.config import source_config
 from llama_jax.prepare.stackexchange import StackExchangeXmlReader, html_to_text
 
 POSTS = """<?xml version="1.0" encoding="utf-8"?>
@@ -72,7 +74,18 @@ def test_xml_reader_then_stage_one_doc_per_question_answers_by_score(tmp_path):
     assert out[0].text == EXPECTED_Q1  # 7, then the two 3s by post id
     assert out[1].text == "Unanswered?\n\nAnyone?"
     assert out[0].metadata["answer_count"] == 3 and "answers" not in out[0].metadata
-    assert stackexchange.READERS[".xml"] is StackExchangeXmlReader
+
+
+def test_posts_xml_through_the_cli_pipeline(tmp_path):
+    cfg = source_config(("stackexchange",))
+    cfg.input, cfg.output = _posts(tmp_path / "in"), str(tmp_path / "out")
+    cfg.input_format = "stackexchange_xml"
+    summary = pipeline.run(cfg, print_table=False)
+    with open(tmp_path / "out" / "data" / "00000.jsonl") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    assert texts == [EXPECTED_Q1, "Unanswered?\n\nAnyone?"]
+    dropped = summary["stages"][0]["dropped"]  # the reader's counted skips
+    assert dropped["skipped_orphan_answer"] == 1 and dropped["skipped_row_missing_field"] == 1
 
 
 def test_min_answers_and_site_list(tmp_path):

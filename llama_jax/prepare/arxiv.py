@@ -135,8 +135,6 @@ class TexFileReader(BaseDiskReader):
             yield doc
 
 
-# Input suffix -> the reader class the pipeline should use for it.
-READERS = {".tex": TexFileReader}
 
 
 def build(cfg: ml_collections.ConfigDict, env: StageEnv) -> Stage:

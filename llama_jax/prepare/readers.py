@@ -42,7 +42,12 @@ SKIP_REASONS = (CORRUPT_GZIP, NOT_UTF8, NOT_JSON, NOT_AN_OBJECT, NO_TEXT_FIELD, 
 
 # --config.input_format -> "module:callable" taking the input file list and returning
 # a datatrove reader step (a source with its own format registers it here).
-READERS: dict[str, str] = {"jsonl": "llama_jax.prepare.readers:JsonlDocReader"}
+READERS: dict[str, str] = {
+    "jsonl": "llama_jax.prepare.readers:JsonlDocReader",
+    "tex": "llama_jax.prepare.arxiv:TexFileReader",  # one document per .tex file
+    "stackexchange_xml": "llama_jax.prepare.stackexchange:StackExchangeXmlReader",  # Posts.xml
+    "wikipedia_xml": "llama_jax.prepare.wikipedia:WikipediaDumpReader",  # pages-articles dumps
+}
 
 
 def make_reader(input_format: str, files: Sequence[str]):

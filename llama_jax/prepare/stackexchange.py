@@ -222,10 +222,6 @@ class StackExchangeXmlReader(BaseDiskReader):
             yield doc
 
 
-# Input suffix -> the reader class the pipeline should use for it.
-READERS = {".xml": StackExchangeXmlReader}
-
-
 def default_config() -> ml_collections.ConfigDict:
     """The 28 sites kept and the fewest answers a kept question needs."""
     c = ml_collections.ConfigDict()

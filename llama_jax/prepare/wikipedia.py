@@ -225,10 +225,6 @@ class WikipediaDumpReader(BaseDiskReader):
             yield doc
 
 
-# Input suffix -> the reader class the pipeline should use for it.
-READERS = {".xml": WikipediaDumpReader, ".xml.bz2": WikipediaDumpReader}
-
-
 def build(cfg: ml_collections.ConfigDict, env: StageEnv) -> Stage:
     """The language filter, then (for wikitext) the cleaner."""
     languages = (cfg.languages,) if isinstance(cfg.languages, str) else tuple(cfg.languages)
