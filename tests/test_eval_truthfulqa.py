@@ -9,6 +9,9 @@ transformers on the same (random) judge checkpoint.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -215,9 +218,11 @@ def test_wrong_fields_and_bad_options(tmp_path):
         get_task("truthfulqa_mc1").run(_ctx(FakeScorer(len)), str(tmp_path), 3, None)
 
 
-def test_cli_flags_reach_the_options():
-    from llama_jax.eval import __main__ as cli
-
-    for name in ("truthfulqa_judge", "truthfulqa_info_judge"):
-        assert name in cli._OPTION_FLAGS and cli.FLAGS[name].default is None
-        assert name in {f.name for f in __import__("dataclasses").fields(EvalOptions)}
+def test_cli_flags_reach_the_options(tmp_path):
+    # A subprocess: the eval CLI's absl flags must not meet another CLI's in this process.
+    proc = subprocess.run(
+        [sys.executable, "-m", "llama_jax.eval", f"--checkpoint={tmp_path}", "--tasks=truthfulqa_gen",
+         f"--data_dir={tmp_path}", f"--truthfulqa_judge={tmp_path / 'missing'}"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--truthfulqa_judge" in proc.stderr and "missing" in proc.stderr
