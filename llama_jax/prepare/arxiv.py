@@ -23,18 +23,17 @@ Input: JSONL documents with the ``.tex`` source in ``text``, or a folder of
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 
 import ml_collections
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.utils.logging import logger
 
 from llama_jax.errors import ConfigError
 from llama_jax.prepare.latex_macros import expand_macros, extract_macros
+from llama_jax.prepare.readers import FileListReader
 from llama_jax.prepare.stage import Stage, StageEnv
 
 _COMMENT = re.compile(r"(?<!\\)((?:\\\\)*)%.*$", re.MULTILINE)
@@ -97,19 +96,13 @@ class ArxivCleaner(BaseFilter):
         return True
 
 
-class TexFileReader(BaseDiskReader):
+class TexFileReader(FileListReader):
     """One document per ``.tex`` file (id: the path); a file that is not UTF-8 is a counted skip.
 
     Task ``rank`` of ``world_size`` reads ``files[rank::world_size]``.
     """
 
     name = "📖 .tex files"
-    _requires_dependencies: list = []
-
-    def __init__(self, files: Sequence[str]):
-        self.files = [os.path.abspath(f) for f in files]
-        root = os.path.commonpath(self.files) if self.files else "/"
-        super().__init__(root if os.path.isdir(root) else os.path.dirname(root), add_file_path=False)
 
     def read_file(self, filepath: str) -> Iterator[Document]:
         """The file's document, or nothing (``skipped_not_utf8`` / ``skipped_empty_text``)."""
@@ -125,15 +118,6 @@ class TexFileReader(BaseDiskReader):
             self.stat_update("skipped_empty_text")
             return
         yield Document(text=text, id=filepath, metadata={"file_path": filepath})
-
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
-        """Read this task's files."""
-        if data:
-            yield from data
-        for doc in self.read_files_shard(self.files[rank::world_size]):
-            self.update_doc_stats(doc)
-            yield doc
-
 
 
 

@@ -98,7 +98,32 @@ def _lines(path: str) -> Iterator[bytes | Exception]:
         yield e
 
 
-class JsonlDocReader(BaseDiskReader):
+class FileListReader(BaseDiskReader):
+    """A datatrove reader of an explicit list of files (subclasses implement ``read_file``).
+
+    Task ``rank`` of ``world_size`` reads ``files[rank::world_size]`` (datatrove's
+    own sharding rule); `root` is the files' common folder.
+    """
+
+    _requires_dependencies: list = []
+
+    def __init__(self, files: Sequence[str], **kwargs):
+        self.files = [os.path.abspath(f) for f in files]
+        root = os.path.commonpath(self.files) if self.files else "/"
+        root = root if os.path.isdir(root) else os.path.dirname(root)
+        super().__init__(root, add_file_path=False, **kwargs)
+        self.root = root
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        """Read this task's files (``files[rank::world_size]``)."""
+        if data:
+            yield from data
+        for doc in self.read_files_shard(self.files[rank::world_size]):
+            self.update_doc_stats(doc)
+            yield doc
+
+
+class JsonlDocReader(FileListReader):
     """A datatrove reader of explicit JSONL files; bad records are counted skips.
 
     Task ``rank`` of ``world_size`` reads ``files[rank::world_size]`` (datatrove's
@@ -111,14 +136,9 @@ class JsonlDocReader(BaseDiskReader):
     """
 
     name = "📖 JSONL (counted skips)"
-    _requires_dependencies: list = []
 
     def __init__(self, files: Sequence[str], text_key: str = "text"):
-        self.files = [os.path.abspath(f) for f in files]
-        root = os.path.commonpath(self.files) if self.files else "/"
-        root = root if os.path.isdir(root) else os.path.dirname(root)
-        super().__init__(root, text_key=text_key, add_file_path=False)
-        self.root = root
+        super().__init__(files, text_key=text_key)
 
     def count_skip(self, reason: str, where: str, detail: str = "") -> None:
         """Count one skipped record under ``skipped_<reason>`` and log where it was."""
@@ -175,15 +195,6 @@ class JsonlDocReader(BaseDiskReader):
             index += 1
             if doc is not None:
                 yield doc
-
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
-        """Read this task's files (``files[rank::world_size]``)."""
-        if data:
-            yield from data
-        for doc in self.read_files_shard(self.files[rank::world_size]):
-            self.update_doc_stats(doc)
-            yield doc
-
 
 class ShardReader(JsonlDocReader):
     """Reads shard ``<folder>/<rank:05d>.jsonl.gz`` in task ``rank`` (the pipeline's

@@ -28,10 +28,10 @@ from html.parser import HTMLParser
 import ml_collections
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.utils.logging import logger
 
 from llama_jax.errors import ConfigError
+from llama_jax.prepare.readers import FileListReader
 from llama_jax.prepare.stage import Stage, StageEnv
 
 SITES = (
@@ -148,7 +148,7 @@ class QuestionFormatter(BaseFilter):
         return bool(doc.text) or (False, "empty")
 
 
-class StackExchangeXmlReader(BaseDiskReader):
+class StackExchangeXmlReader(FileListReader):
     """Reads ``Posts.xml`` dumps: one document per question with its answers in metadata.
 
     The site is the name of the folder holding ``Posts.xml`` (the dump's
@@ -162,12 +162,6 @@ class StackExchangeXmlReader(BaseDiskReader):
     """
 
     name = "📖 StackExchange Posts.xml"
-    _requires_dependencies: list = []
-
-    def __init__(self, files: Sequence[str]):
-        self.files = [os.path.abspath(f) for f in files]
-        root = os.path.commonpath(self.files) if self.files else "/"
-        super().__init__(root if os.path.isdir(root) else os.path.dirname(root), add_file_path=False)
 
     def read_file(self, filepath: str) -> Iterator[Document]:
         """The questions of one ``Posts.xml``, in post id order."""
@@ -212,15 +206,6 @@ class StackExchangeXmlReader(BaseDiskReader):
                               "question_id": pid}
         elif kind == "2":
             answers.setdefault(parent, []).append({"id": pid, "score": score, "text": row["Body"]})
-
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
-        """Read this task's files."""
-        if data:
-            yield from data
-        for doc in self.read_files_shard(self.files[rank::world_size]):
-            self.update_doc_stats(doc)
-            yield doc
-
 
 def default_config() -> ml_collections.ConfigDict:
     """The 28 sites kept and the fewest answers a kept question needs."""

@@ -27,16 +27,16 @@ import html
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import ml_collections
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.utils.logging import logger
 
 from llama_jax.errors import ConfigError
+from llama_jax.prepare.readers import FileListReader
 from llama_jax.prepare.stage import Stage, StageEnv
 
 LANGUAGES = ("bg", "ca", "cs", "da", "de", "en", "es", "fr", "hr", "hu",
@@ -173,7 +173,7 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-class WikipediaDumpReader(BaseDiskReader):
+class WikipediaDumpReader(FileListReader):
     """Reads MediaWiki XML dumps (``.xml`` or ``.xml.bz2``): one document per article.
 
     Only main-namespace pages (``<ns>0</ns>``) are read; the language is the
@@ -185,12 +185,6 @@ class WikipediaDumpReader(BaseDiskReader):
     """
 
     name = "📖 Wikipedia XML dump"
-    _requires_dependencies: list = []
-
-    def __init__(self, files: Sequence[str]):
-        self.files = [os.path.abspath(f) for f in files]
-        root = os.path.commonpath(self.files) if self.files else "/"
-        super().__init__(root if os.path.isdir(root) else os.path.dirname(root), add_file_path=False)
 
     def read_file(self, filepath: str) -> Iterator[Document]:
         """The articles of one dump file."""
@@ -215,15 +209,6 @@ class WikipediaDumpReader(BaseDiskReader):
         except (ET.ParseError, OSError, EOFError) as e:
             self.stat_update("skipped_malformed_xml")
             logger.warning(f"skipped the rest of {filepath}: {type(e).__name__}: {e}; re-download the dump")
-
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
-        """Read this task's files."""
-        if data:
-            yield from data
-        for doc in self.read_files_shard(self.files[rank::world_size]):
-            self.update_doc_stats(doc)
-            yield doc
-
 
 def build(cfg: ml_collections.ConfigDict, env: StageEnv) -> Stage:
     """The language filter, then (for wikitext) the cleaner."""
