@@ -58,8 +58,9 @@ def optimizer() -> optax.GradientTransformation:
                        optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1))
 
 
-def ours(config: LlamaConfig, tokens: np.ndarray, dtype: str):
-    """A `step()` callable running our jitted train step on one device."""
+def ours(config: LlamaConfig, tokens: np.ndarray, dtype: str, with_hlo: bool = False):
+    """A `step()` callable running our jitted train step on one device (and, with
+    `with_hlo`, the compiled step's optimized HLO text)."""
     config = config.with_run_options(dtype=dtype, attention_impl="xla")
     mesh = shd.make_mesh((1, 1, 1, 1), jax.devices()[:1])
     rules = shd.DEFAULT_RULES
@@ -77,6 +78,8 @@ def ours(config: LlamaConfig, tokens: np.ndarray, dtype: str):
         box[0], metrics = train_step(box[0], batch)
         return float(metrics["loss"])
 
+    if with_hlo:
+        return step, train_step.lower(state, batch).compile().as_text()
     return step
 
 

@@ -264,6 +264,17 @@ def with_logical_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Ar
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def logical_axis_size(name: str) -> int:
+    """How many ways the active mesh splits logical axis `name` (1 outside `activate`)."""
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return 1
+    axes = dict(rules).get(name)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes if a not in set(mesh.manual_axes))
+
+
 # --------------------------------------------------------------------------
 # Meshes.
 

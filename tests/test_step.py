@@ -249,3 +249,25 @@ def test_init_never_materialises_the_full_model():
     assert full > 150e6  # params + mu + nu of a ~17M-parameter model
     assert mem.output_size_in_bytes < full / 8 * 1.05
     assert mem.temp_size_in_bytes < full / 8
+
+
+@pytest.mark.parametrize("tensor", [1, 2])
+def test_cross_entropy_gathers_unless_the_vocab_is_split(tensor):
+    """The loss picks the target logit by a gather when each device holds the whole
+    vocab, by a one-hot contraction over a `tensor`-split vocab; both equal
+    log_softmax's NLL, with the loss mask and padding (segment 0) left out."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(4, 6, 32)) * 3, jnp.float32)  # [batch, len, vocab]
+    batch = {"targets": jnp.asarray(rng.integers(0, 32, (4, 6)), jnp.int32),
+             "loss_mask": jnp.asarray(rng.integers(0, 2, (4, 6)), jnp.int32),
+             "segment_ids": jnp.asarray(np.r_[np.ones((3, 6)), np.zeros((1, 6))], jnp.int32)}
+    mask = np.asarray(batch["loss_mask"]) * (np.asarray(batch["segment_ids"]) != 0)
+    nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
+                              np.asarray(batch["targets"])[..., None], -1)[..., 0]
+    mesh = shd.make_mesh((1, 8 // tensor, tensor, 1))
+    with shd.activate(mesh):
+        total, count = jax.jit(st.masked_nll_sums)(logits, batch)
+        jaxpr = str(jax.make_jaxpr(st.masked_nll_sums)(logits, batch))
+    assert float(count) == mask.sum()
+    np.testing.assert_allclose(float(total), (nll * mask).sum(), rtol=1e-6)
+    assert ("gather" in jaxpr) == (tensor == 1)

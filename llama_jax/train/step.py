@@ -196,10 +196,13 @@ def masked_nll_sums(logits: jax.Array, batch: Batch):
     if batch.get("segment_ids") is not None:
         mask = mask * (batch["segment_ids"] != 0).astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
-    # A one-hot contraction instead of a gather: elementwise + reduce shards
-    # over a `tensor`-split vocab without all-gathering the logits.
-    target_logit = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32),
-                           axis=-1)  # [batch, len]
+    if shd.logical_axis_size("activation_vocab") > 1:
+        # A one-hot contraction instead of a gather: elementwise + reduce shards
+        # over a `tensor`-split vocab without all-gathering the logits.
+        target_logit = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1],
+                                                       dtype=jnp.float32), axis=-1)  # [batch, len]
+    else:  # a whole vocab per device: a gather, no [batch, len, vocab] one-hot product
+        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     nll = log_z - target_logit  # [batch, len]
     return jnp.sum(nll * mask), jnp.sum(mask)
 
