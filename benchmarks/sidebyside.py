@@ -19,6 +19,10 @@ import torch
 import transformers
 
 import llama_jax
+from llama_jax import cpu_flags
+
+# Ours runs as the commands run it: with the CPU preset (LLAMA_JAX_CPU_FLAGS=0: without).
+cpu_flags.apply()
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,7 +77,7 @@ def machine() -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(),
             "jax": jax.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
-            "backend": jax.default_backend()}
+            "backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def write(name: str, payload: dict, out: str | None = None) -> Path:

@@ -25,7 +25,10 @@ Presets (see docs/training.md):
   collectives).
 - ``tpu_overlap``: libtpu's async collective fusion and data-parallel
   all-reduce optimisations (``LIBTPU_INIT_ARGS``).
-- ``none``: nothing (CPU, debugging).
+- ``cpu``: YNNPACK for dots only (its reductions are slow on attention shapes);
+  the train, eval, generate and serve commands apply it themselves on the CPU
+  (``llama_jax/cpu_flags.py``; ``LLAMA_JAX_CPU_FLAGS=0`` turns it off).
+- ``none``: nothing (debugging).
 
 No import of jax or llama_jax at module level: launchers run this before
 anything else.
@@ -74,6 +77,9 @@ PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
         "--xla_tpu_overlap_compute_collective_tc=true",
         "--xla_enable_async_all_gather=true",
     )),
+    # What every llama_jax command applies on the CPU (llama_jax/cpu_flags.py, the
+    # measurements there); kept equal to it by tests/test_launch.py.
+    "cpu": ("XLA_FLAGS", ("--xla_cpu_experimental_ynn_fusion_type=dot",)),
     "none": ("XLA_FLAGS", ()),
 }
 

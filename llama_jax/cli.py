@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from absl import app, flags
 
-from llama_jax import errors, fileio
+from llama_jax import cpu_flags, errors, fileio
 from llama_jax.errors import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, NonFiniteLossError
 
 TRACEBACK_ENV = "LLAMA_JAX_TRACEBACK"
@@ -190,6 +190,7 @@ def run_cli(main: Callable[[list[str]], Any], *,
     (e.g. the train CLI's check for unknown ``--config.*`` keys), under the
     same error handling.
     """
+    cpu_flags.apply()  # the CPU preset, before anything starts the backend
     if precheck is not None:
         status = exit_status(precheck, list(sys.argv))
         if status != EXIT_OK:

@@ -12,6 +12,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from llama_jax import cpu_flags  # noqa: E402
+
+# The CPU preset every CLI applies, here too: the test process and the CLIs it
+# starts compile alike (and the CLI subprocesses inherit XLA_FLAGS as is).
+cpu_flags.apply()
+
 from llama_jax.model.config import LlamaConfig  # noqa: E402
 
 

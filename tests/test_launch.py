@@ -139,3 +139,43 @@ def test_tpu_pod_script_runs_on_all_workers(tmp_path):
     command = args[args.index("--command") + 1]
     assert "python3 -m llama_jax.train --config=configs/llama.py:7b --workdir=/mnt/gcs/runs/7b" in command
     assert "--config.mesh.tensor=4" in command and "--xla_tpu_enable_async_collective_fusion=true" in command
+
+
+def test_cpu_preset_is_what_the_commands_apply_and_is_known():
+    from llama_jax import cpu_flags
+
+    assert xf.PRESETS["cpu"] == ("XLA_FLAGS", cpu_flags.CPU_FLAGS)
+    assert xf.unknown_flags("XLA_FLAGS", " ".join(cpu_flags.CPU_FLAGS)) == []
+
+
+def test_cpu_flags_apply_only_on_the_cpu_and_never_over_the_users():
+    from llama_jax import cpu_flags
+
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert cpu_flags.apply(env)
+    assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
+                                + " ".join(cpu_flags.CPU_FLAGS))
+    assert not cpu_flags.apply(env)  # already there: not twice
+    mine = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"}
+    assert not cpu_flags.apply(mine) and mine["XLA_FLAGS"].endswith("dot,reduce")  # the user's wins
+    gpu = {"JAX_PLATFORMS": "cuda"}
+    assert not cpu_flags.apply(gpu) and "XLA_FLAGS" not in gpu
+    off = {"JAX_PLATFORMS": "cpu", cpu_flags.OFF_ENV: "0"}
+    assert not cpu_flags.apply(off) and "XLA_FLAGS" not in off
+
+
+def test_the_train_cli_compiles_with_the_cpu_preset(tmp_path):
+    """A CLI process gets the preset in XLA_FLAGS before its backend starts: its
+    compiled attention softmax has no YNNPACK reduction fusion."""
+    code = ("import os, sys; sys.argv = ['x', '--helpshort']\n"
+            "from llama_jax import cli\n"
+            "def main(argv): pass\n"
+            "try:\n    cli.run_cli(main)\nexcept SystemExit:\n    pass\n"
+            "import jax, jax.numpy as jnp\n"
+            "x = jnp.ones((8, 4, 256, 256))\n"
+            "text = jax.jit(lambda a: (a * a).sum(-1)).lower(x).compile().as_text()\n"
+            "print('FLAGS', os.environ.get('XLA_FLAGS', ''), 'YNN', 'ynn' in text)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "LLAMA_JAX_CPU_FLAGS")}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "ynn_fusion_type=dot" in out and "YNN False" in out, out
