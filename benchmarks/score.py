@@ -31,9 +31,12 @@ import torch
 from sidebyside import hf_random_model, machine, stats, timed, write
 
 import llama_jax
+from llama_jax import cpu_flags
 from llama_jax.data.tokenizer import train_tokenizer
 from llama_jax.eval.scoring import Scorer
 from llama_jax.eval.tasks.base import encode_pair
+
+cpu_flags.apply()  # as the eval command runs (LLAMA_JAX_CPU_FLAGS=0: without)
 
 
 def requests(n: int, seed: int = 0) -> list[tuple[str, str]]:

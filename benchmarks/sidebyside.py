@@ -19,10 +19,6 @@ import torch
 import transformers
 
 import llama_jax
-from llama_jax import cpu_flags
-
-# Ours runs as the commands run it: with the CPU preset (LLAMA_JAX_CPU_FLAGS=0: without).
-cpu_flags.apply()
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -37,10 +37,13 @@ import torch
 import transformers
 from sidebyside import machine, stats, write
 
+from llama_jax import cpu_flags
 from llama_jax import sharding as shd
 from llama_jax.model import LlamaConfig, get_preset
 from llama_jax.train import step as st
 from llama_jax.train.metrics import flops_per_token
+
+cpu_flags.apply()  # as the train command runs (LLAMA_JAX_CPU_FLAGS=0: without)
 
 # (model, batch, seq) per shape; (a) and (b) are the performance issue's.
 SHAPES = {

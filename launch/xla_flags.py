@@ -26,7 +26,7 @@ Presets (see docs/training.md):
 - ``tpu_overlap``: libtpu's async collective fusion and data-parallel
   all-reduce optimisations (``LIBTPU_INIT_ARGS``).
 - ``cpu``: YNNPACK for dots only (its reductions are slow on attention shapes);
-  the train, eval, generate and serve commands apply it themselves on the CPU
+  the train and eval commands apply it themselves on the CPU
   (``llama_jax/cpu_flags.py``; ``LLAMA_JAX_CPU_FLAGS=0`` turns it off).
 - ``none``: nothing (debugging).
 

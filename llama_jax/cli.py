@@ -183,14 +183,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_cli(main: Callable[[list[str]], Any], *,
-            precheck: Callable[[list[str]], None] | None = None) -> NoReturn:
+            precheck: Callable[[list[str]], None] | None = None,
+            cpu_preset: bool = False) -> NoReturn:
     """Run an absl `main` with the one error path (replaces ``app.run(main)``).
 
     `precheck`, if given, runs on ``sys.argv`` before the flags are parsed
     (e.g. the train CLI's check for unknown ``--config.*`` keys), under the
-    same error handling.
+    same error handling. `cpu_preset`: apply `llama_jax.cpu_flags` first (the
+    train and eval commands; it slows batched decoding, so generate and serve
+    do not).
     """
-    cpu_flags.apply()  # the CPU preset, before anything starts the backend
+    if cpu_preset:
+        cpu_flags.apply()  # before anything starts the backend
     if precheck is not None:
         status = exit_status(precheck, list(sys.argv))
         if status != EXIT_OK:

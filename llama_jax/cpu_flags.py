@@ -8,6 +8,11 @@ Keeping YNNPACK for dots only gives, measured side by side on the 2-core CI
 machine kind (benchmarks/train_step.py, alternating runs): shape (a) 4,037 vs
 3,566 tokens/s (1.13x), shape (b) 621 vs 545 (1.14x). See docs/performance.md.
 
+It does not help batched decoding: greedy decode of shape (b) at batch 16
+measured 417-456 tokens/s with it and 489-491 without (benchmarks/decode.py,
+alternating), so the train and eval commands apply it (``run_cli(...,
+cpu_preset=True)``) and generate, serve and chat do not.
+
 `apply` adds the preset to ``XLA_FLAGS`` before the backend starts when the
 run will be on the CPU and the installed jaxlib is one the preset was measured
 on. A flag the user already set in ``XLA_FLAGS`` wins, and

@@ -164,13 +164,15 @@ def test_cpu_flags_apply_only_on_the_cpu_and_never_over_the_users():
     assert not cpu_flags.apply(off) and "XLA_FLAGS" not in off
 
 
-def test_the_train_cli_compiles_with_the_cpu_preset(tmp_path):
-    """A CLI process gets the preset in XLA_FLAGS before its backend starts: its
-    compiled attention softmax has no YNNPACK reduction fusion."""
+@pytest.mark.parametrize("preset", [True, False])
+def test_the_train_cli_compiles_with_the_cpu_preset(preset):
+    """A CLI that asks for the preset (train, eval) gets it in XLA_FLAGS before its
+    backend starts: its compiled softmax sum has no YNNPACK reduction fusion; one
+    that does not (generate, serve) compiles with XLA's defaults."""
     code = ("import os, sys; sys.argv = ['x', '--helpshort']\n"
             "from llama_jax import cli\n"
             "def main(argv): pass\n"
-            "try:\n    cli.run_cli(main)\nexcept SystemExit:\n    pass\n"
+            f"try:\n    cli.run_cli(main, cpu_preset={preset})\nexcept SystemExit:\n    pass\n"
             "import jax, jax.numpy as jnp\n"
             "x = jnp.ones((8, 4, 256, 256))\n"
             "text = jax.jit(lambda a: (a * a).sum(-1)).lower(x).compile().as_text()\n"
@@ -178,4 +180,4 @@ def test_the_train_cli_compiles_with_the_cpu_preset(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "LLAMA_JAX_CPU_FLAGS")}
     out = subprocess.run([sys.executable, "-c", code], env=dict(env, JAX_PLATFORMS="cpu"),
                          capture_output=True, text=True, timeout=120).stdout
-    assert "ynn_fusion_type=dot" in out and "YNN False" in out, out
+    assert ("ynn_fusion_type=dot" in out) == preset and f"YNN {not preset}" in out, out

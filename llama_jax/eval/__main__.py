@@ -200,7 +200,7 @@ def main(argv):
 
 def run():
     """Console entry point."""
-    run_cli(main)
+    run_cli(main, cpu_preset=True)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (``llama-jax-train``)."""
-    run_cli(main, precheck=check_config_argv)
+    run_cli(main, precheck=check_config_argv, cpu_preset=True)
 
 
 if __name__ == "__main__":
