@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from llama_jax import cpu_flags
 from llama_jax.cli import handle_errors
 from llama_jax.errors import ConfigError
 
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     if lm_eval_main is None:
         raise ConfigError(f"lm-evaluation-harness is not installed ({_IMPORT_ERROR}); pip "
                           "install 'llama_jax[lm_eval]'")
+    cpu_flags.apply()  # as the eval command: the CPU preset before the backend starts
     args = list(sys.argv[1:] if argv is None else argv)
     saved = sys.argv
     sys.argv = ["lm-eval", *args]  # lm-eval's parser reads sys.argv itself
