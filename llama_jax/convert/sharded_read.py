@@ -134,6 +134,8 @@ def place(shape: tuple[int, ...], target: jax.sharding.Sharding,
         block = read(index)
         for device in devices:
             placed[device] = jax.device_put(block, device)
+        # The copies are asynchronous: wait for them, so the host holds one block at a time.
+        jax.block_until_ready([placed[d] for d in devices])
         del block
     return jax.make_array_from_single_device_arrays(shape, target,
                                                     [placed[d] for d in index_map])
