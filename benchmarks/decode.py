@@ -66,7 +66,8 @@ def main():
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         hf = hf_random_model(args.shape, Path(tmp))
-        config, params = llama_jax.from_pretrained(tmp, progress=False)
+        config, params = llama_jax.from_pretrained(  # unscanned, as the generate command loads
+            tmp, config_overrides={"scan_layers": False}, progress=False)
     rng = np.random.default_rng(0)
     rows = []
     for batch in args.batches:

@@ -69,7 +69,8 @@ def main():
                               str(Path(tmp) / "tok"), vocab_size=2000)
         folder = Path(tmp) / "hf"
         hf_random_model(args.shape, folder, vocab_size=tok.vocab_size, tokenizer=tok.path)
-        config, params = llama_jax.from_pretrained(folder, progress=False)
+        config, params = llama_jax.from_pretrained(  # unscanned, as the eval command loads
+            folder, config_overrides={"scan_layers": False}, progress=False)
         lm = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=args.batch)
     reqs = requests(args.requests)
     scorer = Scorer(config, params, batch_size=args.batch,

@@ -7,7 +7,10 @@ over every position, random tokens (a fixed seed). Variants:
 - ours f32: `llama_jax.train.step.make_train_step`, f32 weights and compute;
 - ours bf16: bf16 compute over f32 master weights (``dtype=bfloat16``);
 - HF eager f32, HF eager bf16 (bf16 weights and Adam state, as a PyTorch
-  user would cast), HF torch.compile f32.
+  user would cast), HF torch.compile f32;
+- and, on request (``--variants``): ours with unrolled layers
+  (``scan_layers=False``: ``*_unrolled``) and ours under XLA's CPU defaults
+  instead of the `llama_jax.cpu_flags` preset (``*_no_preset``).
 
 Runs alternate between the variants (one timed step of each per round, after
 warm-up steps) so load on a shared machine hits all alike; each variant runs
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import time
 
 import jax
@@ -53,7 +57,10 @@ SHAPES = {
                       max_seq_len=512), 4, 512),
     "tiny": (get_preset("tiny"), 16, 256),
 }
-VARIANTS = ("ours_f32", "ours_bf16", "hf_eager_f32", "hf_eager_bf16", "hf_compile_f32")
+VARIANTS = ("ours_f32", "ours_bf16", "ours_f32_unrolled", "ours_bf16_unrolled",
+            "ours_f32_no_preset", "ours_bf16_no_preset", "ours_bf16_unrolled_no_preset",
+            "hf_eager_f32", "hf_eager_bf16", "hf_compile_f32")
+DEFAULT_VARIANTS = ("ours_f32", "ours_bf16", "hf_eager_f32", "hf_eager_bf16", "hf_compile_f32")
 
 
 def optimizer() -> optax.GradientTransformation:
@@ -61,10 +68,12 @@ def optimizer() -> optax.GradientTransformation:
                        optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1))
 
 
-def ours(config: LlamaConfig, tokens: np.ndarray, dtype: str, with_hlo: bool = False):
+def ours(config: LlamaConfig, tokens: np.ndarray, dtype: str, with_hlo: bool = False,
+         scan_layers: bool = True):
     """A `step()` callable running our jitted train step on one device (and, with
-    `with_hlo`, the compiled step's optimized HLO text)."""
-    config = config.with_run_options(dtype=dtype, attention_impl="xla")
+    `with_hlo`, the compiled step's optimized HLO text); `scan_layers=False`
+    unrolls the layers (one HLO per layer instead of a `scan` over stacked ones)."""
+    config = config.with_run_options(dtype=dtype, attention_impl="xla", scan_layers=scan_layers)
     mesh = shd.make_mesh((1, 1, 1, 1), jax.devices()[:1])
     rules = shd.DEFAULT_RULES
     state, shardings = st.init_train_state(config, optimizer(), mesh, rules, jax.random.key(0))
@@ -139,6 +148,12 @@ def matmul_rates(n: int = 2048, reps: int = 10) -> dict:
 def make(variant: str, config: LlamaConfig, tokens: np.ndarray):
     return {"ours_f32": lambda: ours(config, tokens, "float32"),
             "ours_bf16": lambda: ours(config, tokens, "bfloat16"),
+            "ours_f32_unrolled": lambda: ours(config, tokens, "float32", scan_layers=False),
+            "ours_bf16_unrolled": lambda: ours(config, tokens, "bfloat16", scan_layers=False),
+            "ours_f32_no_preset": lambda: ours(config, tokens, "float32"),
+            "ours_bf16_no_preset": lambda: ours(config, tokens, "bfloat16"),
+            "ours_bf16_unrolled_no_preset": lambda: ours(config, tokens, "bfloat16",
+                                                         scan_layers=False),
             "hf_eager_f32": lambda: hf(config, tokens, torch.float32, False),
             "hf_eager_bf16": lambda: hf(config, tokens, torch.bfloat16, False),
             "hf_compile_f32": lambda: hf(config, tokens, torch.float32, True)}[variant]()
@@ -146,6 +161,9 @@ def make(variant: str, config: LlamaConfig, tokens: np.ndarray):
 
 def _worker(conn, variant: str, shape: str) -> None:
     """One variant in its own process: warm up, then one timed step per request."""
+    if variant.endswith("_no_preset"):  # XLA's CPU defaults: before the backend starts
+        os.environ["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                           if f not in cpu_flags.CPU_FLAGS)
     config, batch, seq = SHAPES[shape]
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq + 1))
     step = make(variant, config, tokens)
@@ -201,7 +219,8 @@ def bench_shape(name: str, variants, rounds: int, warmup: int, settle: float = 1
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", nargs="+", default=["a", "b", "tiny"], choices=sorted(SHAPES))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                   choices=VARIANTS)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=None)

@@ -72,6 +72,17 @@ def test_kv_cache_greedy_equals_full_recompute(model, generator, prompts):
     assert generator.trace_count["prefill"] <= 2
 
 
+def test_unrolled_and_scanned_layers_decode_alike(model, generator, prompts):
+    cfg, params = model
+    assert cfg.scan_layers and not generator.config.scan_layers  # converted on the way in
+    assert "layers_1" in generator.params and "layers" not in generator.params
+    scanned = Generator(cfg, params, batch_size=8, prompt_buckets=(4, 16), chunk_size=4,
+                        unroll_layers=False)
+    assert scanned.config.scan_layers and "layers" in scanned.params
+    assert (scanned.generate_tokens(prompts, max_new_tokens=NEW)
+            == generator.generate_tokens(prompts, max_new_tokens=NEW))
+
+
 def test_batched_left_padded_equals_one_by_one(generator, prompts):
     for s in (SamplingConfig(), SamplingConfig(temperature=1.0, top_k=50)):
         together = generator.generate_tokens(prompts, max_new_tokens=NEW, sampling=s,

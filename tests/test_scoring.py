@@ -6,7 +6,7 @@ import pytest
 
 import llama_jax
 from llama_jax import sharding
-from llama_jax.eval.scoring import Scorer, default_buckets
+from llama_jax.eval.scoring import Scorer, default_buckets, pack_rows
 from llama_jax.eval.tasks.base import EvalContext, encode_pair
 from llama_jax.eval.tasks.multiple_choice import MCDoc, evaluate_multiple_choice
 from llama_jax.model import LlamaConfig, init_params
@@ -186,6 +186,40 @@ def test_bucketing_compiles_a_handful_of_times(tiny):
     assert scorer.trace_count == traces
     assert [r.logprob for r in again] == pytest.approx(
         [r.logprob for r in list(reversed(first))[:37]], rel=1e-5)
+
+
+def test_pack_rows_places_every_request_once_within_its_row():
+    rng = np.random.default_rng(3)
+    buckets = (32, 64, 128)
+    for n in (1, 7, 200):
+        lengths = [int(x) for x in rng.integers(1, 100, n)]
+        row_len, batches = pack_rows(lengths, buckets, rows_per_batch=4)
+        assert row_len == min(b for b in buckets if b >= max(lengths))
+        placed = sorted(i for batch in batches for row in batch for i in row)
+        assert placed == list(range(n))  # each request in exactly one row
+        assert all(1 <= len(batch) <= 4 for batch in batches)
+        assert all(sum(lengths[i] for i in row) <= row_len for b in batches for row in b)
+        rows = sum(len(b) for b in batches)
+        # Greedy packing: no two rows could be merged into one.
+        fill = sorted(sum(lengths[i] for i in row) for b in batches for row in b)
+        assert len(fill) < 2 or fill[0] + fill[1] > row_len
+        assert rows >= -(-sum(lengths) // row_len)
+    assert pack_rows([], buckets, 4) == (32, [])
+
+
+def test_packed_rows_score_as_requests_scored_alone(tiny):
+    cfg, params = tiny
+    scorer = Scorer(cfg, params, batch_size=2, buckets=(64, 128))
+    rng = np.random.default_rng(4)
+    reqs = [([int(t) for t in rng.integers(0, 256, int(rng.integers(1, 40)))],
+             [int(t) for t in rng.integers(0, 256, int(rng.integers(1, 6)))]) for _ in range(12)]
+    _, batches = pack_rows([len(c) + len(x) - 1 for c, x in reqs], scorer.buckets, 2)
+    assert max(len(row) for b in batches for row in b) > 2  # rows really are shared
+    together = scorer.loglikelihood(reqs)
+    alone = [scorer.loglikelihood([r])[0] for r in reqs]
+    assert [r.logprob for r in together] == pytest.approx([r.logprob for r in alone], rel=1e-5)
+    assert [r.is_greedy for r in together] == [r.is_greedy for r in alone]
+    assert [r.num_tokens for r in together] == [len(x) for _, x in reqs]
 
 
 def test_too_long_requests_are_left_truncated_like_the_harness(tiny):

@@ -96,7 +96,8 @@ def main(argv):
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
         tokenizer, _ = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
         template = get_template(FLAGS.template, checkpoint=FLAGS.checkpoint, tokenizer=tokenizer)
-        overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else None
+        # Unscanned: what the Generator runs (no conversion copy).
+        overrides = {"scan_layers": False, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {})}
         config, params = from_pretrained(FLAGS.checkpoint, dtype=FLAGS.dtype,
                                          config_overrides=overrides)
         generator = Generator(config, params, mesh=placement.parse_mesh(FLAGS.mesh),

@@ -34,6 +34,13 @@ from llama_jax.convert.progress import progress_bar
 from llama_jax.errors import ConversionError
 from llama_jax.fileio import unwritable_parent
 from llama_jax.model.config import DTYPES, LlamaConfig
+from llama_jax.model.layer_layout import (  # noqa: F401 (re-exported)
+    _UNSCANNED,
+    is_scanned,
+    stack_layers,
+    to_layout,
+    unstack_layers,
+)
 from llama_jax.model.llama import abstract_params
 
 # Per-layer tensors: Meta name suffix -> path inside a block of our tree.
@@ -60,9 +67,6 @@ LINEAR = {"attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
           "feed_forward.w3.weight", "output.weight"}
 
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
-_UNSCANNED = re.compile(r"^layers_(\d+)$")
-
-
 # ----------------------------------------------------------------------------- dtypes
 
 def resolve_dtype(dtype: Any) -> np.dtype | None:
@@ -192,55 +196,8 @@ def _short_list(names: list[str], limit: int = 12) -> str:
 
 
 # ----------------------------------------------------------------------------- layouts
-
-def is_scanned(params: Mapping[str, Any]) -> bool:
-    """True for the `layers` (stacked) layout, False for `layers_0`, `layers_1`, ..."""
-    return "layers" in params
-
-
-def stack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
-    """`layers_0`, `layers_1`, ... -> one `layers` subtree with a leading axis.
-
-    A tree that is already stacked is returned as a shallow copy. Works on
-    numpy and jax arrays (jax arrays are stacked with `jnp.stack`).
-    """
-    if is_scanned(params):
-        return dict(params)
-    indices = sorted(int(m.group(1)) for k in params if (m := _UNSCANNED.match(k)))
-    if not indices:
-        raise ConversionError("params have neither 'layers' nor 'layers_0', ... subtrees; "
-                              f"top-level keys are {sorted(params)}")
-    if indices != list(range(len(indices))):
-        raise ConversionError(f"unscanned layers are not numbered 0..{len(indices) - 1}: "
-                              f"found {indices}")
-    blocks = [params[f"layers_{i}"] for i in indices]
-
-    def stack(*xs):
-        if any(isinstance(x, jax.Array) for x in xs):
-            return jax.numpy.stack(xs)  # [layers, ...]
-        return np.stack(xs)  # [layers, ...]
-
-    out = {k: v for k, v in params.items() if not _UNSCANNED.match(k)}
-    out["layers"] = jax.tree_util.tree_map(stack, *blocks)
-    return out
-
-
-def unstack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
-    """One stacked `layers` subtree -> `layers_0`, `layers_1`, ... (views, no copy)."""
-    if not is_scanned(params):
-        return dict(params)
-    layers = params["layers"]
-    n = jax.tree_util.tree_leaves(layers)[0].shape[0]
-    out = {k: v for k, v in params.items() if k != "layers"}
-    for i in range(n):
-        out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], layers)
-    return out
-
-
-def to_layout(params: Mapping[str, Any], scan_layers: bool) -> dict[str, Any]:
-    """`params` in the scanned (`scan_layers=True`) or unscanned layout."""
-    return stack_layers(params) if scan_layers else unstack_layers(params)
-
+# is_scanned, stack_layers, unstack_layers, to_layout: llama_jax.model.layer_layout
+# (imported above), so inference imports them without this package.
 
 def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     """Nested dicts -> {path tuple: leaf}."""

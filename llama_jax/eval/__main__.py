@@ -157,7 +157,8 @@ def main(argv):
         check_output_file(FLAGS.lm_eval_output, "lm_eval_output")
     with user_errors():  # a checkpoint or tokenizer that cannot be used
         tokenizer, tok_path = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
-        overrides = {"attention_impl": FLAGS.attention_impl}
+        # Unscanned: the generation tasks' decode loop runs unrolled layers (engine.py).
+        overrides = {"attention_impl": FLAGS.attention_impl, "scan_layers": False}
         if FLAGS.max_seq_len:
             overrides["max_seq_len"] = FLAGS.max_seq_len
         if FLAGS.dtype:

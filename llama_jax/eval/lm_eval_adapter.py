@@ -153,7 +153,9 @@ class LlamaJaxLM(TemplateLM):
                 tok, tok_path = checkpoint_tokenizer(checkpoint, tokenizer)
             except ConversionError as e:  # it names the eval CLI's flag; say ours
                 raise ConversionError(f"{e} (here: --model_args ...,tokenizer=FILE)") from e
-            overrides = {"attention_impl": attention_impl, **({"dtype": dtype} if dtype else {})}
+            # Unscanned: generate_until's decode loop runs unrolled layers (engine.py).
+            overrides = {"attention_impl": attention_impl, "scan_layers": False,
+                         **({"dtype": dtype} if dtype else {})}
             config, params = from_pretrained(checkpoint, dtype=dtype, config_overrides=overrides,
                                              mesh=mesh_obj, rules=rules, progress=False)
             check_tokenizer_fits(tok, config.vocab_size, f"checkpoint {checkpoint}")

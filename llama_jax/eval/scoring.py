@@ -4,10 +4,12 @@
 lm-evaluation-harness does: the model reads ``(context + continuation)[:-1]``
 (left-truncated to the model's context), and the continuation's log-probability
 is the sum over its tokens; ``is_greedy`` says whether every continuation token
-is the argmax. Requests are sorted by length, packed into fixed-size batches and
-right-padded to a length bucket, so a whole task compiles once per bucket that
-occurs (a handful of times), not once per example. `trace_count` counts the
-traces of the jitted function so tests can assert it.
+is the argmax. Requests are packed into rows of the length bucket of the
+longest (`pack_rows`: several requests share a row as separate segments, each
+with its own positions from 0, so no request sees another and little of a
+batch is padding), in fixed-size batches of rows, so a call compiles once per
+bucket that occurs (a handful of times in all), not once per example.
+`trace_count` counts the traces of the jitted function so tests can assert it.
 
 `Scorer.loglikelihood_rolling` scores whole documents in the harness's rolling
 windows (``get_rolling_token_windows`` + ``make_disjoint_window``): every token
@@ -20,6 +22,7 @@ context; for perplexity.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Sequence
 
@@ -58,6 +61,39 @@ def _bucket(length: int, buckets: Sequence[int]) -> int:
         if length <= b:
             return b
     raise ValueError(f"sequence of {length} tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def pack_rows(lengths: Sequence[int], buckets: Sequence[int],
+              rows_per_batch: int) -> tuple[int, list[list[list[int]]]]:
+    """Pack requests of `lengths` into rows: ``(row_len, batches of rows)``.
+
+    Every row is `row_len` long, the bucket of the longest request (one
+    compiled shape per call; a batch then holds as many tokens as an unpacked
+    batch of that bucket would), and each row lists the request indices it
+    holds, in order; a batch has at most `rows_per_batch` rows. Greedy over the
+    requests sorted longest first: a row opens with the longest request left,
+    then takes the longest that still fits, else the shortest, until neither
+    fits. Every request lands in exactly one row. O(n) deque operations.
+    """
+    if not lengths:
+        return buckets[0], []
+    order = collections.deque(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
+    row_len = _bucket(lengths[order[0]], buckets)
+    rows = []
+    while order:
+        row = [order.popleft()]
+        free = row_len - lengths[row[0]]
+        while order:
+            if lengths[order[0]] <= free:
+                i = order.popleft()
+            elif lengths[order[-1]] <= free:
+                i = order.pop()
+            else:
+                break
+            row.append(i)
+            free -= lengths[i]
+        rows.append(row)
+    return row_len, [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
 
 
 class Scorer:
@@ -100,15 +136,16 @@ class Scorer:
 
     # The traced function: runs once per distinct (batch, bucket) shape.
     def _score_batch(self, params, tokens, positions, targets, segment_ids, loss_mask):
+        """Per token: the target's log-prob (0 outside `loss_mask`) and whether it is the
+        argmax (True outside it); rows may hold several segments, summed on the host."""
         logits = self._model.apply({"params": params}, tokens, positions=positions,
                                    segment_ids=segment_ids)  # [batch, len, vocab]
-        logprobs = jax.nn.log_softmax(logits, axis=-1)  # [batch, len, vocab]
-        target_lp = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]  # [batch, len]
+        logits = logits.astype(jnp.float32)  # [batch, len, vocab]
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [batch, len]
+        target_lp = picked - jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
         greedy = jnp.argmax(logits, axis=-1) == targets  # [batch, len]
         mask = loss_mask.astype(bool)
-        total = jnp.sum(jnp.where(mask, target_lp, 0.0), axis=-1)  # [batch]
-        all_greedy = jnp.all(jnp.where(mask, greedy, True), axis=-1)  # [batch]
-        return total, all_greedy
+        return jnp.where(mask, target_lp, 0.0), jnp.where(mask, greedy, True)
 
     def _token_batch(self, params, tokens, positions, targets, segment_ids):
         logits = self._model.apply({"params": params}, tokens, positions=positions,
@@ -176,37 +213,41 @@ class Scorer:
         `desc`; None = only when stderr is a terminal, False = never.
         """
         prepared = [self._prepare(c, x) for c, x in requests]
-        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
-        results: list[LoglikelihoodResult | None] = [None] * len(prepared)
         vocab = self.config.vocab_size
-        with progress_bar(total=len(order), desc=desc, unit="req", progress=progress) as bar:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                length = _bucket(max(len(prepared[i][0]) for i in idx), self.buckets)
+        for inp, tgt, _ in prepared:
+            bad = [t for t in (*inp, tgt[-1]) if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is outside the model's vocabulary "
+                                 f"[0, {vocab}); is the tokenizer the model's?")
+        results: list[LoglikelihoodResult | None] = [None] * len(prepared)
+        length, batches = pack_rows([len(p[0]) for p in prepared], self.buckets,
+                                    self.batch_size)
+        with progress_bar(total=len(prepared), desc=desc, unit="req", progress=progress) as bar:
+            for rows in batches:
                 shape = (self.batch_size, length)
-                tokens = np.zeros(shape, np.int32)
-                positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape)
-                targets = np.zeros(shape, np.int32)
-                segs = np.zeros(shape, np.int32)
+                tokens, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+                targets, segs = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
                 mask = np.zeros(shape, np.int32)
-                for row, i in enumerate(idx):
-                    inp, tgt, n_cont = prepared[i]
-                    for t in (*inp, *tgt):
-                        if not 0 <= t < vocab:
-                            raise ValueError(f"token id {t} is outside the model's vocabulary "
-                                             f"[0, {vocab}); is the tokenizer the model's?")
-                    n = len(inp)
-                    tokens[row, :n] = inp
-                    targets[row, :n] = tgt
-                    segs[row, :n] = 1
-                    mask[row, n - n_cont:n] = 1
+                spans = []  # (request, row, continuation start, end)
+                for r, row in enumerate(rows):
+                    at = 0
+                    for seg, i in enumerate(row, start=1):
+                        inp, tgt, n_cont = prepared[i]
+                        n = len(inp)
+                        tokens[r, at:at + n] = inp
+                        targets[r, at:at + n] = tgt
+                        positions[r, at:at + n] = np.arange(n)
+                        segs[r, at:at + n] = seg
+                        mask[r, at + n - n_cont:at + n] = 1
+                        spans.append((i, r, at + n - n_cont, at + n))
+                        at += n
                 batch = jax.device_put((tokens, positions, targets, segs, mask), self._in_sharding)
-                total, greedy = self._jitted(self.params, *batch)
-                total, greedy = distributed.to_host(total), distributed.to_host(greedy)
-                for row, i in enumerate(idx):
-                    results[i] = LoglikelihoodResult(float(total[row]), bool(greedy[row]),
-                                                     prepared[i][2])
-                bar.update(len(idx))
+                lp, greedy = self._jitted(self.params, *batch)
+                lp, greedy = distributed.to_host(lp), distributed.to_host(greedy)
+                for i, r, a, b in spans:
+                    results[i] = LoglikelihoodResult(float(np.sum(lp[r, a:b], dtype=np.float64)),
+                                                     bool(np.all(greedy[r, a:b])), prepared[i][2])
+                bar.update(len(spans))
         return results  # type: ignore[return-value]
 
     def packed_loglikelihood(self, batch: dict[str, np.ndarray]) -> tuple[float, int]:
@@ -233,7 +274,7 @@ class Scorer:
         for start in range(0, size, self.batch_size):
             part = tuple(a[start:start + self.batch_size] for a in arrays)
             lp, _ = self._jitted(self.params, *jax.device_put(part, self._in_sharding))
-            total += float(np.sum(distributed.to_host(lp).astype(np.float64)))
+            total += float(np.sum(distributed.to_host(lp), dtype=np.float64))
         return total, int(np.sum(arrays[4]))
 
     def rolling_windows(self, tokens: Sequence[int], prefix_token: int):

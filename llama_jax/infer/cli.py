@@ -97,7 +97,8 @@ def main(argv):
     with user_errors():  # sampling values, mesh, checkpoint, tokenizer
         sampling = SamplingConfig(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
         tokenizer, _ = checkpoint_tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
-        overrides = {"attention_impl": FLAGS.attention_impl}
+        # Unscanned: what the Generator runs (no conversion copy).
+        overrides = {"attention_impl": FLAGS.attention_impl, "scan_layers": False}
         if FLAGS.dtype:
             overrides["dtype"] = FLAGS.dtype
         mesh = placement.parse_mesh(FLAGS.mesh)

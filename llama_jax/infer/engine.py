@@ -17,6 +17,12 @@ The samples of one prompt share its prefill: a batch prefills each distinct
 prompt once (in a smaller batch, rounded to a power of two so the compiled
 shapes stay few) and copies its cache rows and last logits to every sample's
 row before decoding (`share_prefill`).
+
+The layers run unrolled (`unroll_layers`): a layer `scan` inside the decode
+loop slices every layer's weights out of the stacked arrays at every step, a
+copy of the whole model per token (2x slower on CPU, shape (b) at batch 16:
+376 against 770 tokens/s, `docs/performance.md`). Scanned params are converted
+(a copy); loading with ``config_overrides={"scan_layers": False}`` avoids it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import dataclasses
 import zlib
 from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +41,7 @@ from jax.sharding import Mesh
 from llama_jax import distributed, sharding
 from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig, init_cache
+from llama_jax.model.layer_layout import to_layout
 from llama_jax.progress import bar as progress_bar
 
 
@@ -100,14 +108,21 @@ class Generator:
       chunk_size: decode steps per jitted call between stop-string checks.
       share_prefill: prefill a prompt once for all its samples (False prefills
         every row; the results are the same).
+      unroll_layers: run the layers unrolled (module docstring); scanned params
+        are converted to the unscanned layout, a copy. False keeps `config`'s
+        layout, for a caller that swaps `params` in later (training's task
+        evaluation).
     """
 
     def __init__(self, config: LlamaConfig, params, *, mesh: Mesh | None = None,
                  rules: sharding.Rules = sharding.DEFAULT_RULES, batch_size: int = 8,
                  prompt_buckets: Sequence[int] | None = None, chunk_size: int = 32,
-                 share_prefill: bool = True):
+                 share_prefill: bool = True, unroll_layers: bool = True):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1 (--batch_size)")
+        if unroll_layers and config.scan_layers:
+            config = config.with_run_options(scan_layers=False)
+            params = to_layout(nn.meta.unbox(params), scan_layers=False)
         self.config = config
         self.mesh = mesh if mesh is not None else placement.default_mesh()
         self.rules = rules

@@ -38,9 +38,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llama_jax import distributed, sharding
-from llama_jax.convert.common import to_layout
 from llama_jax.infer import placement
 from llama_jax.model import Llama, LlamaConfig, init_cache
+from llama_jax.model.layer_layout import to_layout
 from llama_jax.serve.sampling import sample_rows
 
 DEFAULT_BUCKETS = (16, 64, 256)

@@ -172,8 +172,9 @@ class TaskEvaluator:
         return self.scorer
 
     def _make_generator(self) -> Generator:
+        # The training layout: the state's params are swapped in at each evaluation.
         self.generator = Generator(self.config, self._params, mesh=self.mesh, rules=self.rules,
-                                   batch_size=self.batch_size)
+                                   batch_size=self.batch_size, unroll_layers=False)
         return self.generator
 
     def eval_params(self, params, base: Any = None):
