@@ -14,7 +14,13 @@ import pytest
 from eval_fixtures import ByteTokenizer
 
 from llama_jax.convert.common import unstack_layers
-from llama_jax.infer.engine import Generator, SamplingConfig, generate_text, sample_logits
+from llama_jax.infer.engine import (
+    Generator,
+    SamplingConfig,
+    generate_text,
+    greedy_tokens,
+    sample_logits,
+)
 from llama_jax.model import Llama, LlamaConfig, init_params
 
 NEW = 10
@@ -110,6 +116,19 @@ def test_sampling_is_reproducible_per_row(generator, prompts):
                                   seed=1)
     assert a[:2] == b  # the other rows of the batch do not matter
     assert all(len(x) == NEW for per_prompt in a for x in per_prompt)
+
+
+def test_greedy_tokens_are_argmax_ties_included():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(64, 300)).astype(np.float32)
+    logits[::3] = np.round(logits[::3])  # many ties: the first index wins, as in argmax
+    logits[5, [7, 200]] = 99.0
+    got = np.asarray(jax.jit(greedy_tokens)(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+    assert got.dtype == np.int32 and got[5] == 7
+    bf16 = jnp.asarray(logits, jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(greedy_tokens(bf16)), np.argmax(np.asarray(
+        bf16.astype(jnp.float32)), axis=-1))
 
 
 def test_sample_logits_filters():

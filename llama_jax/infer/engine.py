@@ -77,10 +77,25 @@ class SamplingConfig:
 GREEDY = SamplingConfig()
 
 
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """``argmax(logits, -1)`` as int32 [batch]: the first index of each row's maximum.
+
+    A max, then the least index that holds it: two plain reductions, where
+    `jnp.argmax`'s (value, index) reduction is ~5x slower on XLA's CPU back-end
+    ([16, 32000]: 1.26 vs 0.26 ms, a twentieth of a batch-16 decode step). A
+    row with a NaN gives the last id (argmax would give the NaN's).
+    """
+    vocab = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)  # [batch, 1]
+    first = jnp.min(jnp.where(logits == top, jnp.arange(vocab, dtype=jnp.int32), vocab),
+                    axis=-1)  # [batch]
+    return jnp.minimum(first, vocab - 1)
+
+
 def sample_logits(logits: jax.Array, keys: jax.Array, sampling: SamplingConfig) -> jax.Array:
     """One token id per row of `logits` [batch, vocab]; `keys` is [batch] keys."""
     if sampling.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return greedy_tokens(logits)
     logits = logits.astype(jnp.float32) / sampling.temperature
     if sampling.top_k:
         k = min(sampling.top_k, logits.shape[-1])

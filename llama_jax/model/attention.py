@@ -241,20 +241,28 @@ class Attention(nn.Module):
 
         The cache is created (zeros) the first time with the chunk's length,
         so `llama_jax.model.llama.init_cache` sizes it by the call it traces.
+        It is stored heads-major, ``[batch, kv_heads, cache_len, head_dim]``,
+        the layout attention's batched dots read: stored as the chunks come
+        (``[batch, len, kv_heads, head_dim]``) XLA transposed the whole cache
+        twice per layer and step (on the CPU, a third of a decode step at
+        batch 16). What is returned is the attention paths' layout again, a
+        transpose XLA folds into the dots.
         """
-        b, t = k.shape[:2]
-        ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-        cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        b, t, kvh, d = k.shape
+        ck = self.variable("cache", "cached_key", jnp.zeros, (b, kvh, t, d), k.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, (b, kvh, t, d), v.dtype)
         cs = self.variable("cache", "cached_segment_ids", jnp.zeros, (b, t), jnp.int32)
         ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if self.is_initializing():
             return k, v, segment_ids, 0
         idx = ci.value
-        ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype),
-                                                (0, idx, 0, 0))  # [batch, cache_len, kv_heads, head_dim]
-        cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype),
-                                                (0, idx, 0, 0))
+        ck.value = jax.lax.dynamic_update_slice(
+            ck.value, k.swapaxes(1, 2).astype(ck.value.dtype),
+            (0, 0, idx, 0))  # [batch, kv_heads, cache_len, head_dim]
+        cv.value = jax.lax.dynamic_update_slice(
+            cv.value, v.swapaxes(1, 2).astype(cv.value.dtype), (0, 0, idx, 0))
         cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32),
                                                 (0, idx))  # [batch, cache_len]
         ci.value = idx + t
-        return ck.value, cv.value, cs.value, idx
+        return (ck.value.swapaxes(1, 2), cv.value.swapaxes(1, 2), cs.value,
+                idx)  # k, v: [batch, cache_len, kv_heads, head_dim]

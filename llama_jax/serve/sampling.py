@@ -13,6 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from llama_jax.infer.engine import greedy_tokens
+
 
 def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array,
                 top_p: jax.Array) -> jax.Array:
@@ -27,7 +29,7 @@ def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array,
     Returns:
       [batch] int32 token ids.
     """
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [batch]
+    greedy = greedy_tokens(logits)  # [batch]
     safe_t = jnp.where(temperature > 0, temperature, 1.0)[:, None]  # [batch, 1]
     scaled = logits.astype(jnp.float32) / safe_t  # [batch, vocab]
     sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]  # [batch, vocab], descending
