@@ -158,6 +158,16 @@ def test_bf16_compute_close_to_f32(model_setup):
     assert 0 < err < 5e-2  # Really computed in bf16, and close.
 
 
+def test_logit_index_is_the_full_logits_gathered(model_setup):
+    cfg, params, tokens, full = model_setup
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, tokens.shape[1], (tokens.shape[0], 3)).astype(np.int32)
+    got = Llama(cfg).apply({"params": params}, tokens, logit_index=jnp.asarray(index))
+    want = np.take_along_axis(np.asarray(full), index[..., None], axis=1)
+    assert got.shape == (tokens.shape[0], 3, cfg.vocab_size)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 @functools.cache
 def _decode_step(cfg):
     model = Llama(cfg, decode=True)

@@ -193,18 +193,24 @@ def test_pack_rows_places_every_request_once_within_its_row():
     buckets = (32, 64, 128)
     for n in (1, 7, 200):
         lengths = [int(x) for x in rng.integers(1, 100, n)]
-        row_len, batches = pack_rows(lengths, buckets, rows_per_batch=4)
+        conts = [int(rng.integers(1, min(x, 12) + 1)) for x in lengths]
+        row_len, slots, batches = pack_rows(lengths, buckets, 4, conts)
         assert row_len == min(b for b in buckets if b >= max(lengths))
+        assert slots == (row_len // 4 if max(conts) <= row_len // 4 else row_len)
         placed = sorted(i for batch in batches for row in batch for i in row)
         assert placed == list(range(n))  # each request in exactly one row
         assert all(1 <= len(batch) <= 4 for batch in batches)
-        assert all(sum(lengths[i] for i in row) <= row_len for b in batches for row in b)
-        rows = sum(len(b) for b in batches)
-        # Greedy packing: no two rows could be merged into one.
-        fill = sorted(sum(lengths[i] for i in row) for b in batches for row in b)
-        assert len(fill) < 2 or fill[0] + fill[1] > row_len
-        assert rows >= -(-sum(lengths) // row_len)
-    assert pack_rows([], buckets, 4) == (32, [])
+        rows = [row for b in batches for row in b]
+        assert all(sum(lengths[i] for i in row) <= row_len for row in rows)
+        assert all(sum(conts[i] for i in row) <= slots for row in rows)
+        assert len(rows) >= -(-sum(lengths) // row_len)
+    # Continuations = whole requests (the default): no two rows could be merged.
+    lengths = [int(x) for x in rng.integers(1, 30, 300)]
+    row_len, slots, batches = pack_rows(lengths, buckets, 4)
+    assert slots == row_len
+    fill = sorted(sum(lengths[i] for i in row) for b in batches for row in b)
+    assert fill[0] + fill[1] > row_len
+    assert pack_rows([], buckets, 4) == (32, 32, [])
 
 
 def test_packed_rows_score_as_requests_scored_alone(tiny):
@@ -213,7 +219,8 @@ def test_packed_rows_score_as_requests_scored_alone(tiny):
     rng = np.random.default_rng(4)
     reqs = [([int(t) for t in rng.integers(0, 256, int(rng.integers(1, 40)))],
              [int(t) for t in rng.integers(0, 256, int(rng.integers(1, 6)))]) for _ in range(12)]
-    _, batches = pack_rows([len(c) + len(x) - 1 for c, x in reqs], scorer.buckets, 2)
+    _, _, batches = pack_rows([len(c) + len(x) - 1 for c, x in reqs], scorer.buckets, 2,
+                              [len(x) for _, x in reqs])
     assert max(len(row) for b in batches for row in b) > 2  # rows really are shared
     together = scorer.loglikelihood(reqs)
     alone = [scorer.loglikelihood([r])[0] for r in reqs]

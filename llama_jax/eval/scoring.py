@@ -8,7 +8,10 @@ is the argmax. Requests are packed into rows of the length bucket of the
 longest (`pack_rows`: several requests share a row as separate segments, each
 with its own positions from 0, so no request sees another and little of a
 batch is padding), in fixed-size batches of rows, so a call compiles once per
-bucket that occurs (a handful of times in all), not once per example.
+bucket that occurs (a handful of times in all), not once per example. The
+output head, its log-softmax and argmax run only at the continuations'
+positions (`logit_slots` per row: a quarter of the row, or the whole row for
+a longer continuation).
 `trace_count` counts the traces of the jitted function so tests can assert it.
 
 `Scorer.loglikelihood_rolling` scores whole documents in the harness's rolling
@@ -63,37 +66,55 @@ def _bucket(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"sequence of {length} tokens exceeds the largest bucket {buckets[-1]}")
 
 
-def pack_rows(lengths: Sequence[int], buckets: Sequence[int],
-              rows_per_batch: int) -> tuple[int, list[list[list[int]]]]:
-    """Pack requests of `lengths` into rows: ``(row_len, batches of rows)``.
+def logit_slots(row_len: int, longest_continuation: int) -> int:
+    """Output-head positions per row: a quarter of the row, or all of it when a
+    continuation is longer (whole-window perplexity). Two shapes per bucket."""
+    quarter = max(1, row_len // 4)
+    return quarter if longest_continuation <= quarter else row_len
+
+
+def pack_rows(lengths: Sequence[int], buckets: Sequence[int], rows_per_batch: int,
+              continuations: Sequence[int] | None = None,
+              ) -> tuple[int, int, list[list[list[int]]]]:
+    """Pack requests into rows: ``(row_len, slots, batches of rows)``.
 
     Every row is `row_len` long, the bucket of the longest request (one
     compiled shape per call; a batch then holds as many tokens as an unpacked
-    batch of that bucket would), and each row lists the request indices it
-    holds, in order; a batch has at most `rows_per_batch` rows. Greedy over the
-    requests sorted longest first: a row opens with the longest request left,
-    then takes the longest that still fits, else the shortest, until neither
-    fits. Every request lands in exactly one row. O(n) deque operations.
+    batch of that bucket would), and holds at most `slots` continuation tokens
+    (`logit_slots`: where the output head runs); each row lists the request
+    indices it holds, in order, and a batch has at most `rows_per_batch` rows.
+    `continuations` are the requests' continuation lengths (default: all of
+    each request). Greedy over the requests sorted longest first: a row opens
+    with the longest request left, then takes the longest that still fits,
+    else the shortest, until neither fits. Every request lands in exactly one
+    row. O(n) deque operations.
     """
     if not lengths:
-        return buckets[0], []
+        return buckets[0], buckets[0], []
+    conts = list(lengths) if continuations is None else list(continuations)
     order = collections.deque(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
     row_len = _bucket(lengths[order[0]], buckets)
+    slots = logit_slots(row_len, max(conts))
+
+    def fits(i, free, free_slots):
+        return lengths[i] <= free and conts[i] <= free_slots
+
     rows = []
     while order:
         row = [order.popleft()]
-        free = row_len - lengths[row[0]]
+        free, free_slots = row_len - lengths[row[0]], slots - conts[row[0]]
         while order:
-            if lengths[order[0]] <= free:
+            if fits(order[0], free, free_slots):
                 i = order.popleft()
-            elif lengths[order[-1]] <= free:
+            elif fits(order[-1], free, free_slots):
                 i = order.pop()
             else:
                 break
             row.append(i)
-            free -= lengths[i]
+            free, free_slots = free - lengths[i], free_slots - conts[i]
         rows.append(row)
-    return row_len, [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
+    return row_len, slots, [rows[i:i + rows_per_batch]
+                            for i in range(0, len(rows), rows_per_batch)]
 
 
 class Scorer:
@@ -127,25 +148,36 @@ class Scorer:
         self._model = Llama(config)
         self._in_sharding = sharding.data_sharding(self.mesh, rules, shard_length=False)
         self._jitted = sharding.JittedStep(self._score_batch, self.mesh, rules)
+        self._jitted_all = sharding.JittedStep(self._score_all, self.mesh, rules)
         self._jitted_tokens = sharding.JittedStep(self._token_batch, self.mesh, rules)
 
     @property
     def trace_count(self) -> int:
-        """How often the scoring function was traced (once per (batch, bucket) shape)."""
+        """How often the scoring function was traced (per (batch, bucket, slots) shape)."""
         return self._jitted.trace_count
 
     # The traced function: runs once per distinct (batch, bucket) shape.
-    def _score_batch(self, params, tokens, positions, targets, segment_ids, loss_mask):
-        """Per token: the target's log-prob (0 outside `loss_mask`) and whether it is the
-        argmax (True outside it); rows may hold several segments, summed on the host."""
+    def _score_batch(self, params, tokens, positions, segment_ids, logit_index, targets):
+        """At the [batch, slots] positions `logit_index` only: the log-prob of
+        `targets` [batch, slots] and whether each is the argmax."""
+        logits = self._model.apply({"params": params}, tokens, positions=positions,
+                                   segment_ids=segment_ids,
+                                   logit_index=logit_index)  # [batch, slots, vocab]
+        return self._target_scores(logits, targets)
+
+    def _score_all(self, params, tokens, positions, targets, segment_ids, loss_mask):
+        """Every position's target log-prob, 0 outside `loss_mask` (packed perplexity)."""
         logits = self._model.apply({"params": params}, tokens, positions=positions,
                                    segment_ids=segment_ids)  # [batch, len, vocab]
-        logits = logits.astype(jnp.float32)  # [batch, len, vocab]
-        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [batch, len]
-        target_lp = picked - jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
-        greedy = jnp.argmax(logits, axis=-1) == targets  # [batch, len]
-        mask = loss_mask.astype(bool)
-        return jnp.where(mask, target_lp, 0.0), jnp.where(mask, greedy, True)
+        lp, _ = self._target_scores(logits, targets)
+        return jnp.where(loss_mask.astype(bool), lp, 0.0)  # [batch, len]
+
+    @staticmethod
+    def _target_scores(logits, targets):
+        logits = logits.astype(jnp.float32)  # [batch, n, vocab]
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [batch, n]
+        target_lp = picked - jax.nn.logsumexp(logits, axis=-1)  # [batch, n]
+        return target_lp, jnp.argmax(logits, axis=-1) == targets  # [batch, n] each
 
     def _token_batch(self, params, tokens, positions, targets, segment_ids):
         logits = self._model.apply({"params": params}, tokens, positions=positions,
@@ -220,28 +252,30 @@ class Scorer:
                 raise ValueError(f"token id {bad[0]} is outside the model's vocabulary "
                                  f"[0, {vocab}); is the tokenizer the model's?")
         results: list[LoglikelihoodResult | None] = [None] * len(prepared)
-        length, batches = pack_rows([len(p[0]) for p in prepared], self.buckets,
-                                    self.batch_size)
+        length, slots, batches = pack_rows([len(p[0]) for p in prepared], self.buckets,
+                                           self.batch_size, [p[2] for p in prepared])
         with progress_bar(total=len(prepared), desc=desc, unit="req", progress=progress) as bar:
             for rows in batches:
                 shape = (self.batch_size, length)
                 tokens, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-                targets, segs = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-                mask = np.zeros(shape, np.int32)
-                spans = []  # (request, row, continuation start, end)
+                segs = np.zeros(shape, np.int32)
+                index = np.zeros((self.batch_size, slots), np.int32)
+                targets = np.zeros((self.batch_size, slots), np.int32)
+                spans = []  # (request, row, first slot, end slot)
                 for r, row in enumerate(rows):
-                    at = 0
+                    at = used = 0
                     for seg, i in enumerate(row, start=1):
                         inp, tgt, n_cont = prepared[i]
                         n = len(inp)
                         tokens[r, at:at + n] = inp
-                        targets[r, at:at + n] = tgt
                         positions[r, at:at + n] = np.arange(n)
                         segs[r, at:at + n] = seg
-                        mask[r, at + n - n_cont:at + n] = 1
-                        spans.append((i, r, at + n - n_cont, at + n))
-                        at += n
-                batch = jax.device_put((tokens, positions, targets, segs, mask), self._in_sharding)
+                        index[r, used:used + n_cont] = np.arange(at + n - n_cont, at + n)
+                        targets[r, used:used + n_cont] = tgt[n - n_cont:]
+                        spans.append((i, r, used, used + n_cont))
+                        at, used = at + n, used + n_cont
+                batch = jax.device_put((tokens, positions, segs, index, targets),
+                                       self._in_sharding)
                 lp, greedy = self._jitted(self.params, *batch)
                 lp, greedy = distributed.to_host(lp), distributed.to_host(greedy)
                 for i, r, a, b in spans:
@@ -273,7 +307,7 @@ class Scorer:
         total = 0.0
         for start in range(0, size, self.batch_size):
             part = tuple(a[start:start + self.batch_size] for a in arrays)
-            lp, _ = self._jitted(self.params, *jax.device_put(part, self._in_sharding))
+            lp = self._jitted_all(self.params, *jax.device_put(part, self._in_sharding))
             total += float(np.sum(distributed.to_host(lp), dtype=np.float64))
         return total, int(np.sum(arrays[4]))
 

@@ -1,6 +1,6 @@
 """Custom kernels: Pallas flash attention (GPU, interpretable on CPU), ring
-attention over the `sequence` mesh axis, and the plain-jnp reference both are
-tested against (also the model's ``xla`` path)."""
+attention over the `sequence` mesh axis, the model's plain-jnp ``xla`` path
+(`xla_attention`), and the plain-jnp reference all are tested against."""
 
 from llama_jax.kernels.flash_attention import (
     BlockSizes,

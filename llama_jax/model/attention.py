@@ -1,8 +1,10 @@
 """Causal multi-head attention with grouped-query heads and a KV cache.
 
 `dot_product_attention` dispatches on the run option `config.attention_impl`;
-the `xla` path is `llama_jax.kernels.reference.attention_reference`, the one
-plain-jnp attention every other path is tested against. Masks come from
+the `xla` path is `llama_jax.kernels.xla_attention.xla_attention`, plain jnp
+laid out for XLA's dots, tested against
+`llama_jax.kernels.reference.attention_reference`, the one plain-jnp
+attention every path is tested against. Masks come from
 segment ids (packed documents never attend across each other) and a causal
 rule on absolute indices; no dense [len, len] mask is an input. The model
 passes ``segment_ids=None`` down when its caller has none.
@@ -19,38 +21,12 @@ from jax.ad_checkpoint import checkpoint_name
 
 from llama_jax import sharding
 from llama_jax.kernels.flash_attention import flash_attention
-from llama_jax.kernels.reference import attention_reference
 from llama_jax.kernels.ring_attention import ring_attention
+from llama_jax.kernels.xla_attention import xla_attention
 from llama_jax.model.config import ATTENTION_IMPLS, LlamaConfig
 from llama_jax.model.layers import Linear, apply_rope, constrain
 
 _warned_cudnn_segments = False
-
-
-def xla_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    q_segment_ids: jax.Array | None = None,
-    kv_segment_ids: jax.Array | None = None,
-    *,
-    causal: bool = True,
-    q_offset: jax.Array | int = 0,
-) -> jax.Array:
-    """The `xla` path: `attention_reference` without its log-sum-exp.
-
-    Args:
-      q: [batch, q_len, heads, head_dim].
-      k, v: [batch, kv_len, kv_heads, head_dim] (GQA by grouping, never repeated).
-      q_segment_ids: [batch, q_len] or None; kv_segment_ids: [batch, kv_len].
-      causal: key j is visible to query i iff j <= i + q_offset.
-      q_offset: absolute index of the first query (decoding with a cache).
-
-    Returns:
-      [batch, q_len, heads, head_dim] in q's dtype; a query that sees no key is 0.
-    """
-    return attention_reference(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
-                               kv_segment_ids=kv_segment_ids, q_offset=q_offset)
 
 
 def resolve_impl(impl: str, q_offset: jax.Array | int = 0) -> str:
@@ -128,7 +104,7 @@ def dot_product_attention(
 ) -> jax.Array:
     """Dispatch attention to the implementation named by `impl`.
 
-    impl: "xla" (`xla_attention`, the reference), "cudnn"
+    impl: "xla" (`xla_attention`: the reference's semantics, plain jnp), "cudnn"
     (`jax.nn.dot_product_attention` with cuDNN; GPU only; with segment ids it
     runs cuDNN only for batches of one segment per row, see `_cudnn`),
     "pallas" (our flash kernel, `llama_jax.kernels.flash_attention`; Pallas

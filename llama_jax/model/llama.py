@@ -61,8 +61,11 @@ class Llama(nn.Module):
     """LLaMA decoder-only language model.
 
     Call: ``apply({'params': p}, tokens, positions=None, segment_ids=None)``
-    -> float32 logits [batch, len, vocab]. With ``decode=True`` the model reads
-    and writes a KV cache in the ``cache`` collection (see `init_cache`).
+    -> float32 logits [batch, len, vocab]. With ``logit_index`` ([batch, k]
+    positions along len) the output head runs only there: logits [batch, k,
+    vocab], equal to the full logits gathered (scoring needs a continuation's
+    positions only). With ``decode=True`` the model reads and writes a KV
+    cache in the ``cache`` collection (see `init_cache`).
     """
 
     config: LlamaConfig
@@ -74,6 +77,7 @@ class Llama(nn.Module):
         tokens: jax.Array,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        logit_index: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         if tokens.ndim != 2:
@@ -99,6 +103,8 @@ class Llama(nn.Module):
             for i in range(cfg.n_layers):
                 x = block(cfg, decode=self.decode, name=f"layers_{i}")(
                     x, positions, segment_ids)
+        if logit_index is not None:
+            x = jnp.take_along_axis(x, logit_index[..., None], axis=1)  # [batch, k, embed]
         x = RMSNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype,
                     param_dtype=cfg.weight_dtype, name="norm")(x)
         if cfg.tie_embeddings:
