@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 
 from llama_jax import distributed, sharding
 from llama_jax.infer import placement
+from llama_jax.infer.engine import greedy_tokens
 from llama_jax.model import Llama, LlamaConfig
 from llama_jax.progress import bar as progress_bar
 
@@ -156,7 +157,7 @@ class Scorer:
         """How often the scoring function was traced (per (batch, bucket, slots) shape)."""
         return self._jitted.trace_count
 
-    # The traced function: runs once per distinct (batch, bucket) shape.
+    # The traced functions: each runs once per distinct input shape.
     def _score_batch(self, params, tokens, positions, segment_ids, logit_index, targets):
         """At the [batch, slots] positions `logit_index` only: the log-prob of
         `targets` [batch, slots] and whether each is the argmax."""
@@ -174,18 +175,17 @@ class Scorer:
 
     @staticmethod
     def _target_scores(logits, targets):
+        """(log-prob of `targets`, is-argmax) per position of [batch, n, vocab] `logits`:
+        logit(target) - logsumexp, with no second [batch, n, vocab] array."""
         logits = logits.astype(jnp.float32)  # [batch, n, vocab]
         picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [batch, n]
         target_lp = picked - jax.nn.logsumexp(logits, axis=-1)  # [batch, n]
-        return target_lp, jnp.argmax(logits, axis=-1) == targets  # [batch, n] each
+        return target_lp, greedy_tokens(logits) == targets  # [batch, n] each
 
     def _token_batch(self, params, tokens, positions, targets, segment_ids):
         logits = self._model.apply({"params": params}, tokens, positions=positions,
                                    segment_ids=segment_ids)  # [batch, len, vocab]
-        logits = logits.astype(jnp.float32)  # [batch, len, vocab]
-        # logit(target) - logsumexp: no second [batch, len, vocab] array (long rows, big vocabs).
-        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [batch, len]
-        return picked - jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
+        return self._target_scores(logits, targets)[0]  # [batch, len]
 
     def token_logprobs(self, rows: Sequence[Sequence[int]], *, progress: bool | None = None,
                        desc: str = "scoring") -> list[np.ndarray]:

@@ -78,7 +78,7 @@ GREEDY = SamplingConfig()
 
 
 def greedy_tokens(logits: jax.Array) -> jax.Array:
-    """``argmax(logits, -1)`` as int32 [batch]: the first index of each row's maximum.
+    """``argmax(logits, -1)`` as int32 [...]: the first index of each row's maximum.
 
     A max, then the least index that holds it: two plain reductions, where
     `jnp.argmax`'s (value, index) reduction is ~5x slower on XLA's CPU back-end
