@@ -1,6 +1,6 @@
 """Where the CPU train step's time goes: a `jax.profiler` trace, summed per op class.
 
-    python benchmarks/profile_step.py --shape a [--steps 5] [--dtype float32]
+    python benchmarks/profile_step.py --shape a [--steps 5] [--dtype float32] [--unrolled]
 
 Runs our jitted train step (the same as benchmarks/train_step.py's ``ours``)
 under `jax.profiler.trace`, reads the trace back with
@@ -96,11 +96,11 @@ def op_class(name: str, opcode: dict, calls: dict, body: dict) -> str:
     return "elementwise"
 
 
-def profile(shape: str, steps: int, dtype: str) -> dict:
+def profile(shape: str, steps: int, dtype: str, scan_layers: bool = True) -> dict:
     """Trace `steps` train steps of `shape`; time per op class and the top ops."""
     config, batch, seq = SHAPES[shape]
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq + 1))
-    step, compiled_text = ours(config, tokens, dtype, with_hlo=True)
+    step, compiled_text = ours(config, tokens, dtype, with_hlo=True, scan_layers=scan_layers)
     for _ in range(2):
         step()
     folder = tempfile.mkdtemp(prefix="profile_step_")
@@ -127,13 +127,13 @@ def profile(shape: str, steps: int, dtype: str) -> dict:
     for name, ns in by_op.items():
         per_class[op_class(name, opcode, calls, body)] += ns
     total = sum(per_class.values()) or 1
-    return {"shape": shape, "dtype": dtype, "batch": batch, "seq": seq, "steps": steps,
+    return {"shape": shape, "dtype": dtype, "scan_layers": scan_layers, "batch": batch, "seq": seq, "steps": steps,
             "wall_ms_per_step": 1e3 * wall, "op_ms_per_step": 1e-6 * total / steps,
             "classes": {c: {"ms_per_step": 1e-6 * per_class[c] / steps,
                             "share": per_class[c] / total} for c in CLASSES},
             "top_ops": [{"op": n, "class": op_class(n, opcode, calls, body), "shape": shapes.get(n, ""),
                          "ms_per_step": 1e-6 * ns / steps}
-                        for n, ns in by_op.most_common(15)]}
+                        for n, ns in by_op.most_common(int(os.environ.get("PROFILE_TOP", "15")))]}
 
 
 def main():
@@ -141,9 +141,10 @@ def main():
     p.add_argument("--shape", default="a", choices=sorted(SHAPES))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--unrolled", action="store_true", help="unrolled layers (scan_layers=False)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    res = profile(args.shape, args.steps, args.dtype)
+    res = profile(args.shape, args.steps, args.dtype, scan_layers=not args.unrolled)
     print(f"shape {args.shape} ({res['batch']} x {res['seq']} tokens, {args.dtype}): "
           f"{res['wall_ms_per_step']:.1f} ms per step wall, {res['op_ms_per_step']:.1f} ms of ops "
           "summed over the CPU threads")
@@ -153,7 +154,8 @@ def main():
     print("\n| op | result | class | ms per step |\n|---|---|---|---:|")
     for row in res["top_ops"]:
         print(f"| {row['op']} | {row['shape']} | {row['class']} | {row['ms_per_step']:.1f} |")
-    path = write(f"profile_step_{args.shape}_{args.dtype}", {"machine": machine(), **res}, args.out)
+    name = f"profile_step_{args.shape}_{args.dtype}" + ("_unrolled" if args.unrolled else "")
+    path = write(name, {"machine": machine(), **res}, args.out)
     print(f"\nwrote {path}")
 
 

@@ -8,9 +8,11 @@ over every position, random tokens (a fixed seed). Variants:
 - ours bf16: bf16 compute over f32 master weights (``dtype=bfloat16``);
 - HF eager f32, HF eager bf16 (bf16 weights and Adam state, as a PyTorch
   user would cast), HF torch.compile f32;
-- and, on request (``--variants``): ours with unrolled layers
-  (``scan_layers=False``: ``*_unrolled``) and ours under XLA's CPU defaults
-  instead of the `llama_jax.cpu_flags` preset (``*_no_preset``).
+- and, on request (``--variants``, named ``ours_<dtype>[_unrolled][_xla_matmul]
+  [_no_preset | _alt]``): ours with unrolled layers (``scan_layers=False``),
+  with plain ``dot_general`` linear layers (``matmul="xla"`` instead of
+  ``"auto"``, `llama_jax.kernels.matmul`), and under XLA's CPU defaults or the
+  flags in ``$ALT_XLA_FLAGS`` instead of the `llama_jax.cpu_flags` preset.
 
 Runs alternate between the variants (one timed step of each per round, after
 warm-up steps) so load on a shared machine hits all alike; each variant runs
@@ -57,10 +59,15 @@ SHAPES = {
                       max_seq_len=512), 4, 512),
     "tiny": (get_preset("tiny"), 16, 256),
 }
-VARIANTS = ("ours_f32", "ours_bf16", "ours_f32_unrolled", "ours_bf16_unrolled",
-            "ours_f32_no_preset", "ours_bf16_no_preset", "ours_bf16_unrolled_no_preset",
+# ours_<dtype>[_unrolled][_xla_matmul][_no_preset | _alt]: unrolled layers; the plain
+# dot_general linear layers (matmul="xla") instead of "auto"; XLA's CPU defaults, or
+# the flags in $ALT_XLA_FLAGS, instead of the `llama_jax.cpu_flags` preset.
+ALT_ENV = "ALT_XLA_FLAGS"
+VARIANTS = (*(f"ours_{d}{u}{m}{f}" for d in ("f32", "bf16") for u in ("", "_unrolled")
+              for m in ("", "_xla_matmul") for f in ("", "_no_preset", "_alt")),
             "hf_eager_f32", "hf_eager_bf16", "hf_compile_f32")
-DEFAULT_VARIANTS = ("ours_f32", "ours_bf16", "hf_eager_f32", "hf_eager_bf16", "hf_compile_f32")
+DEFAULT_VARIANTS = ("ours_f32", "ours_bf16", "ours_bf16_unrolled", "hf_eager_f32", "hf_eager_bf16",
+                    "hf_compile_f32")
 
 
 def optimizer() -> optax.GradientTransformation:
@@ -69,11 +76,13 @@ def optimizer() -> optax.GradientTransformation:
 
 
 def ours(config: LlamaConfig, tokens: np.ndarray, dtype: str, with_hlo: bool = False,
-         scan_layers: bool = True):
+         scan_layers: bool = True, matmul: str = "auto"):
     """A `step()` callable running our jitted train step on one device (and, with
     `with_hlo`, the compiled step's optimized HLO text); `scan_layers=False`
-    unrolls the layers (one HLO per layer instead of a `scan` over stacked ones)."""
-    config = config.with_run_options(dtype=dtype, attention_impl="xla", scan_layers=scan_layers)
+    unrolls the layers (one HLO per layer instead of a `scan` over stacked ones);
+    `matmul` is the model's run option (`llama_jax.kernels.matmul`)."""
+    config = config.with_run_options(dtype=dtype, attention_impl="xla", scan_layers=scan_layers,
+                                     matmul=matmul)
     mesh = shd.make_mesh((1, 1, 1, 1), jax.devices()[:1])
     rules = shd.DEFAULT_RULES
     state, shardings = st.init_train_state(config, optimizer(), mesh, rules, jax.random.key(0))
@@ -146,24 +155,24 @@ def matmul_rates(n: int = 2048, reps: int = 10) -> dict:
 
 
 def make(variant: str, config: LlamaConfig, tokens: np.ndarray):
-    return {"ours_f32": lambda: ours(config, tokens, "float32"),
-            "ours_bf16": lambda: ours(config, tokens, "bfloat16"),
-            "ours_f32_unrolled": lambda: ours(config, tokens, "float32", scan_layers=False),
-            "ours_bf16_unrolled": lambda: ours(config, tokens, "bfloat16", scan_layers=False),
-            "ours_f32_no_preset": lambda: ours(config, tokens, "float32"),
-            "ours_bf16_no_preset": lambda: ours(config, tokens, "bfloat16"),
-            "ours_bf16_unrolled_no_preset": lambda: ours(config, tokens, "bfloat16",
-                                                         scan_layers=False),
-            "hf_eager_f32": lambda: hf(config, tokens, torch.float32, False),
+    if variant.startswith("ours_"):
+        dtype = "bfloat16" if variant.startswith("ours_bf16") else "float32"
+        matmul = "xla" if "_xla_matmul" in variant else "auto"
+        return ours(config, tokens, dtype, scan_layers="_unrolled" not in variant,
+                    matmul=matmul)
+    return {"hf_eager_f32": lambda: hf(config, tokens, torch.float32, False),
             "hf_eager_bf16": lambda: hf(config, tokens, torch.bfloat16, False),
             "hf_compile_f32": lambda: hf(config, tokens, torch.float32, True)}[variant]()
 
 
 def _worker(conn, variant: str, shape: str) -> None:
     """One variant in its own process: warm up, then one timed step per request."""
-    if variant.endswith("_no_preset"):  # XLA's CPU defaults: before the backend starts
-        os.environ["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                                           if f not in cpu_flags.CPU_FLAGS)
+    # XLA's flags are read when the backend starts, so they are set here, first.
+    if variant.endswith(("_no_preset", "_alt")):  # XLA's CPU defaults, or ALT_XLA_FLAGS
+        kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in cpu_flags.CPU_FLAGS]
+        if variant.endswith("_alt"):
+            kept += os.environ.get(ALT_ENV, "").split()
+        os.environ["XLA_FLAGS"] = " ".join(kept)
     config, batch, seq = SHAPES[shape]
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq + 1))
     step = make(variant, config, tokens)

@@ -79,7 +79,7 @@ PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
     )),
     # What every llama_jax command applies on the CPU (llama_jax/cpu_flags.py, the
     # measurements there); kept equal to it by tests/test_launch.py.
-    "cpu": ("XLA_FLAGS", ("--xla_cpu_experimental_ynn_fusion_type=dot",)),
+    "cpu": ("XLA_FLAGS", ("--xla_cpu_experimental_ynn_fusion_type=-reduce",)),
     "none": ("XLA_FLAGS", ()),
 }
 

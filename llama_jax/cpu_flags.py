@@ -4,13 +4,23 @@ XLA's CPU back-end in jaxlib 0.10 hands dots, reductions and elementwise
 fusions to YNNPACK. Its reductions are slow on the attention shapes of a
 train step: the softmax backward's sum over keys (``f32[8,4,1,256,256] ->
 [8,4,1,256]``) took 14% of the shape-(a) step alone (benchmarks/profile_step.py).
-Keeping YNNPACK for dots only gives, measured side by side on the 2-core CI
-machine kind (benchmarks/train_step.py, alternating runs): shape (a) 4,037 vs
-3,566 tokens/s (1.13x), shape (b) 621 vs 545 (1.14x). See docs/performance.md.
+The preset keeps YNNPACK's defaults minus reductions (``=-reduce``).
 
-It does not help batched decoding: greedy decode of shape (b) at batch 16
-measured 417-456 tokens/s with it and 489-491 without (benchmarks/decode.py,
-alternating), so the train and eval commands apply it (``run_cli(...,
+An earlier preset kept YNNPACK for dots only (``=dot``). That made its dot
+fusions convert bf16 operands to f32, so a bf16 train step lost the CPU's
+bf16 dot instructions. Measured side by side on the 2-core CI machine kind
+(benchmarks/train_step.py, 4 alternating rounds, with the canonical linear
+layers of `llama_jax.kernels.matmul`), ``-reduce`` against ``dot`` in tokens/s:
+
+- shape (a): f32 5,255 vs 5,152; bf16 5,548 vs 4,529; bf16 unrolled 6,567 vs 5,222;
+- shape (b): f32 673 vs 644; bf16 806 vs 527; bf16 unrolled 982 vs 649.
+
+Against no preset, ``dot`` measured shape (a) f32 4,037 vs 3,566 tokens/s and
+shape (b) 621 vs 545 (``-reduce``: 3,900 and 629, the same run).
+
+It does not help batched decoding (greedy decode of shape (b) at batch 16:
+417-456 tokens/s with the ``dot`` preset, 489-491 without;
+benchmarks/decode.py), so the train and eval commands apply it (``run_cli(...,
 cpu_preset=True)``) and generate, serve and chat do not.
 
 `apply` adds the preset to ``XLA_FLAGS`` before the backend starts when the
@@ -30,7 +40,7 @@ import os
 import shlex
 from collections.abc import MutableMapping
 
-CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot",)
+CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-reduce",)
 # jaxlib minor versions the preset was measured on (its flags are experimental).
 TESTED_JAXLIB = ("0.10.",)
 OFF_ENV = "LLAMA_JAX_CPU_FLAGS"

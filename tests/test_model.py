@@ -93,7 +93,8 @@ def test_config_dict_roundtrip_and_presets():
 
 
 def test_to_dict_is_the_shape_and_run_options_are_chosen_per_run():
-    run = dict(dtype="bfloat16", attention_impl="pallas", remat_policy="full", scan_layers=False)
+    run = dict(dtype="bfloat16", attention_impl="pallas", remat_policy="full", scan_layers=False,
+               matmul="xla")
     cfg = PRESETS["tiny"].replace(n_kv_heads=2, param_dtype="bfloat16", **run)
     d = cfg.to_dict()
     assert set(d).isdisjoint(RUN_OPTIONS) and d["param_dtype"] == "bfloat16"

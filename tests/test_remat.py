@@ -76,12 +76,14 @@ def _residuals(config, policy):
     block = _block_class(cfg, Block)(cfg)
     # Abstract inputs: residuals are found by tracing, nothing runs.
     x = jax.ShapeDtypeStruct((B, L, cfg.dim), jnp.float32)
-    positions = segment_ids = jax.ShapeDtypeStruct((B, L), jnp.int32)
-    params = jax.eval_shape(block.init, jax.random.key(0), x, positions, segment_ids)["params"]
+    segment_ids = jax.ShapeDtypeStruct((B, L), jnp.int32)
+    half = jax.ShapeDtypeStruct((B, L, cfg.head_dim // 2), jnp.float32)
+    cos_sin = (half, half)  # RoPE's cos and sin, computed once by the model
+    params = jax.eval_shape(block.init, jax.random.key(0), x, cos_sin, segment_ids)["params"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        print_saved_residuals(lambda p, x, pos, seg: block.apply({"params": p}, x, pos, seg),
-                              params, x, positions, segment_ids)
+        print_saved_residuals(lambda p, x, cs, seg: block.apply({"params": p}, x, cs, seg),
+                              params, x, cos_sin, segment_ids)
     # One line per residual: "<type>[shape] <description>".
     return [tuple(line.split(" ", 1)) for line in out.getvalue().splitlines() if line]
 
@@ -107,7 +109,7 @@ def test_save_linear_saves_exactly_the_linear_outputs(gqa_config):
     # so autodiff never asks to keep it; every other linear output is kept.
     assert sorted(named) == sorted(n for n in LINEAR_NAMES if n != "w2")
     assert len(named) == len(set(named))
-    assert _only_inputs(other), other  # params, x, positions, segment ids
+    assert _only_inputs(other), other  # params, x, RoPE's cos / sin, segment ids
     assert any("argument x" in d for d in other)
 
 

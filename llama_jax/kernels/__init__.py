@@ -1,6 +1,7 @@
 """Custom kernels: Pallas flash attention (GPU, interpretable on CPU), ring
 attention over the `sequence` mesh axis, the model's plain-jnp ``xla`` path
-(`xla_attention`), and the plain-jnp reference all are tested against."""
+(`xla_attention`), the plain-jnp reference all are tested against, and the
+canonical-form matmul VJPs for XLA's CPU back-end (`matmul`)."""
 
 from llama_jax.kernels.flash_attention import (
     BlockSizes,

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from llama_jax.kernels.matmul import batched_dot_nn, batched_dot_nt, resolve_matmul
 from llama_jax.kernels.reference import MASK_VALUE, attention_mask, check_inputs
 
 
@@ -37,6 +38,7 @@ def xla_attention(
     *,
     causal: bool = True,
     q_offset: jax.Array | int = 0,
+    matmul: str = "auto",
 ) -> jax.Array:
     """Attention with `attention_reference`'s semantics (module docstring).
 
@@ -46,6 +48,10 @@ def xla_attention(
       q_segment_ids: [batch, q_len] or None; kv_segment_ids: [batch, kv_len].
       causal: key j is visible to query i iff j <= i + q_offset.
       q_offset: absolute index of the first query (decoding with a cache).
+      matmul: the two dots' implementation, the model's run option
+        (`llama_jax.kernels.matmul.resolve_matmul`): "canonical" (on the CPU
+        under "auto") writes their gradients in the forms XLA's CPU back-end
+        runs at full rate; the values are the same.
 
     Returns:
       [batch, q_len, heads, head_dim] in q's dtype; a query that sees no key is 0.
@@ -60,8 +66,12 @@ def xla_attention(
     qh = qh.reshape(b, kvh, g * t, d)  # [batch, kv_heads, group * q_len, head_dim]
     kh = k.transpose(0, 2, 1, 3)  # [batch, kv_heads, kv_len, head_dim]
     vh = v.transpose(0, 2, 1, 3)  # [batch, kv_heads, kv_len, head_dim]
-    logits = jnp.einsum("bkqd,bksd->bkqs", qh, kh,
-                        preferred_element_type=jnp.float32)  # [batch, kv_heads, group * q_len, kv_len]
+    canonical = resolve_matmul(matmul) == "canonical"
+    if canonical:
+        logits = batched_dot_nt(qh, kh, jnp.float32)  # [batch, kv_heads, group * q_len, kv_len]
+    else:
+        logits = jnp.einsum("bkqd,bksd->bkqs", qh, kh,
+                            preferred_element_type=jnp.float32)  # [batch, kv_heads, group * q_len, kv_len]
     logits = logits.reshape(b, kvh, g, t, s) * d ** -0.5  # [batch, kv_heads, group, q_len, kv_len]
     mask = attention_mask(t, s, causal=causal, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                           q_offset=q_offset)[:, None, None]  # [batch, 1, 1, q_len, kv_len]
@@ -72,7 +82,10 @@ def xla_attention(
     denom = jnp.sum(p, axis=-1, keepdims=True)
     p = p / jnp.where(denom == 0.0, 1.0, denom)
     p = p.astype(v.dtype).reshape(b, kvh, g * t, s)  # [batch, kv_heads, group * q_len, kv_len]
-    out = jnp.einsum("bkqs,bksd->bkqd", p, vh,
-                     preferred_element_type=jnp.float32)  # [batch, kv_heads, group * q_len, head_dim]
+    if canonical:
+        out = batched_dot_nn(p, vh, jnp.float32)  # [batch, kv_heads, group * q_len, head_dim]
+    else:
+        out = jnp.einsum("bkqs,bksd->bkqd", p, vh,
+                         preferred_element_type=jnp.float32)  # [batch, kv_heads, group * q_len, head_dim]
     out = out.reshape(b, kvh, g, t, d).transpose(0, 3, 1, 2, 4)  # [batch, q_len, kv_heads, group, head_dim]
     return out.reshape(b, t, h, d).astype(q.dtype)  # [batch, q_len, heads, head_dim]

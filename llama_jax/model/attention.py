@@ -24,7 +24,7 @@ from llama_jax.kernels.flash_attention import flash_attention
 from llama_jax.kernels.ring_attention import ring_attention
 from llama_jax.kernels.xla_attention import xla_attention
 from llama_jax.model.config import ATTENTION_IMPLS, LlamaConfig
-from llama_jax.model.layers import Linear, apply_rope, constrain
+from llama_jax.model.layers import Linear, constrain, linear_kw, rotate
 
 _warned_cudnn_segments = False
 
@@ -101,6 +101,7 @@ def dot_product_attention(
     impl: str = "auto",
     causal: bool = True,
     q_offset: jax.Array | int = 0,
+    matmul: str = "auto",
 ) -> jax.Array:
     """Dispatch attention to the implementation named by `impl`.
 
@@ -111,13 +112,14 @@ def dot_product_attention(
     interpret mode on CPU), "ring" (`llama_jax.kernels.ring_attention` over
     the active mesh's `sequence` axis) or "auto" ("pallas" on GPU, "xla"
     elsewhere). Decoding steps (a cache offset) always take the "xla" path.
+    `matmul` (the model's run option) goes to `xla_attention`.
     """
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
     impl = resolve_impl(impl, q_offset)
     if impl == "xla":
         return xla_attention(q, k, v, q_segment_ids, kv_segment_ids,
-                             causal=causal, q_offset=q_offset)
+                             causal=causal, q_offset=q_offset, matmul=matmul)
     if impl == "pallas":
         return flash_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
                                kv_segment_ids=kv_segment_ids,
@@ -158,10 +160,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None
+        self, x: jax.Array, cos_sin: tuple[jax.Array, jax.Array],
+        segment_ids: jax.Array | None,
     ) -> jax.Array:
         cfg = self.config
-        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        kw = linear_kw(cfg)
         h, kvh, hd = cfg.n_heads, cfg.num_kv_heads, cfg.head_dim
         q = Linear((h, hd), ("embed", "heads", "kv"), name="wq", **kw)(x)  # [batch, len, heads, head_dim]
         k = Linear((kvh, hd), ("embed", "kv_heads", "kv"), name="wk", **kw)(x)  # [batch, len, kv_heads, head_dim]
@@ -170,8 +173,8 @@ class Attention(nn.Module):
                    checkpoint_name(v, "wv"))
         # Scaled frequencies (cfg's RoPE scaling) before any attention path or
         # the cache, so every implementation and every cached key sees them.
-        q = apply_rope(q, positions, cfg)
-        k = apply_rope(k, positions, cfg)
+        q = rotate(q, cos_sin)
+        k = rotate(k, cos_sin)
         q = constrain(q, ("activation_batch", "activation_length", "activation_heads",
                           "activation_kv"))
         kv_names = ("activation_batch", "activation_length", "activation_kv_heads",
@@ -180,7 +183,8 @@ class Attention(nn.Module):
 
         if not self.decode:
             out = dot_product_attention(q, k, v, segment_ids, segment_ids,
-                                        impl=cfg.attention_impl, causal=True)  # [batch, len, heads, head_dim]
+                                        impl=cfg.attention_impl, causal=True,
+                                        matmul=cfg.matmul)  # [batch, len, heads, head_dim]
         else:
             out = self._attend_cache(q, k, v, segment_ids)  # [batch, len, heads, head_dim]
         out = checkpoint_name(out, "attention")
@@ -204,7 +208,7 @@ class Attention(nn.Module):
 
         def cached():
             return dot_product_attention(q, ck, cv, q_seg, kv_seg, impl=cfg.attention_impl,
-                                         causal=True, q_offset=idx)
+                                         causal=True, q_offset=idx, matmul=cfg.matmul)
 
         if self.is_initializing() or resolve_impl(cfg.attention_impl) != "cudnn":
             return cached()

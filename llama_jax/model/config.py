@@ -8,7 +8,7 @@ released code: ``hidden = int(2 * 4 * dim / 3)``, optionally scaled by
 What the model is and how it runs are kept apart: the shape fields (and
 ``param_dtype``, the dtype the weights are stored in) are what a checkpoint
 carries (`LlamaConfig.to_dict`); the `RUN_OPTIONS` (compute ``dtype``,
-``attention_impl``, ``remat_policy``, ``scan_layers``) are chosen by each
+``attention_impl``, ``remat_policy``, ``scan_layers``, ``matmul``) are chosen by each
 entry point (the train config's ``model.*`` keys, eval/generate flags,
 `from_pretrained`'s ``config_overrides``) and are never read back from a
 checkpoint. They stay `LlamaConfig` fields so that layers see one object.
@@ -25,13 +25,16 @@ from absl import logging
 from llama_jax.model.remat import REMAT_POLICIES
 
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "ring", "auto")
+# Linear-layer matmuls (`llama_jax.kernels.matmul`): "auto" is "canonical" on the CPU
+# (a custom VJP whose dots XLA's CPU back-end runs fast), else "xla" (`lax.dot_general`).
+MATMUL_IMPLS = ("xla", "canonical", "auto")
 # RoPE scaling (`llama_jax.model.rope`): None is the paper's unscaled RoPE.
 ROPE_SCALING_TYPES = (None, "linear", "dynamic", "yarn", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
 # How the model runs, not what it is: chosen per run, never saved with weights.
 # (scan_layers is a parameter *layout*; `from_pretrained` converts between the
 # scanned and unscanned trees, so it is a run choice too.)
-RUN_OPTIONS = ("dtype", "attention_impl", "remat_policy", "scan_layers")
+RUN_OPTIONS = ("dtype", "attention_impl", "remat_policy", "scan_layers", "matmul")
 
 
 def ffn_hidden_dim(
@@ -82,6 +85,9 @@ class LlamaConfig:
         `llama_jax.model.attention.dot_product_attention`).
       remat_policy: a key of `llama_jax.model.remat.REMAT_POLICIES`.
       scan_layers: stack the blocks with `nn.scan` (one compiled block).
+      matmul: "xla", "canonical" or "auto", how the linear layers multiply
+        (`llama_jax.kernels.matmul`; "auto" picks "canonical" on the CPU, "xla"
+        elsewhere).
     """
 
     dim: int = 4096
@@ -112,6 +118,7 @@ class LlamaConfig:
     attention_impl: str = "auto"
     remat_policy: str = "none"
     scan_layers: bool = True
+    matmul: str = "auto"
 
     def __post_init__(self):
         def fail(msg):
@@ -142,6 +149,8 @@ class LlamaConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             fail(f"attention_impl={self.attention_impl!r} is not one of "
                  f"{ATTENTION_IMPLS}")
+        if self.matmul not in MATMUL_IMPLS:
+            fail(f"matmul={self.matmul!r} is not one of {MATMUL_IMPLS}")
         if self.remat_policy not in REMAT_POLICIES:
             fail(f"remat_policy={self.remat_policy!r} is not one of "
                  f"{sorted(REMAT_POLICIES)}")

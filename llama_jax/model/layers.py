@@ -7,6 +7,7 @@ produces them, so remat policies can name what to keep.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from llama_jax.kernels.matmul import mixed_dot, resolve_matmul
 from llama_jax.model.config import LlamaConfig
 from llama_jax.model.rope import rope_cos_sin
 from llama_jax.model.rope import rope_frequencies as rope_frequencies  # re-exported
@@ -72,8 +74,18 @@ def apply_rope(x: jax.Array, positions: jax.Array, rope: float | LlamaConfig) ->
       rope: a RoPE base (unscaled RoPE) or the model's `LlamaConfig`, whose
         RoPE scaling (`llama_jax.model.rope`) sets the frequencies.
     """
+    return rotate(x, rope_cos_sin(positions, rope, x.shape[-1]))
+
+
+def rotate(x: jax.Array, cos_sin: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """`apply_rope` with its cos and sin ([batch, len, head_dim/2], `rope_cos_sin`) given.
+
+    The model computes them once per call and hands them to every layer: in a
+    fused loop XLA evaluates an inlined cos/sin once per output element, so
+    per-layer cos/sin cost 2 x heads x the table, per layer, forward and backward.
+    """
     head_dim = x.shape[-1]
-    cos, sin = rope_cos_sin(positions, rope, head_dim)  # [batch, len, head_dim/2]
+    cos, sin = cos_sin
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [batch, len, 1, head_dim/2]
     x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], head_dim // 2, 2)
     real, imag = x32[..., 0], x32[..., 1]  # [batch, len, heads, head_dim/2]
@@ -81,10 +93,18 @@ def apply_rope(x: jax.Array, positions: jax.Array, rope: float | LlamaConfig) ->
     return out.reshape(x.shape).astype(x.dtype)  # [batch, len, heads, head_dim]
 
 
+def linear_kw(config: LlamaConfig) -> dict:
+    """The `Linear` keyword arguments a model's config sets (dtypes, matmul)."""
+    return dict(dtype=config.compute_dtype, param_dtype=config.weight_dtype,
+                matmul=config.matmul)
+
+
 class Linear(nn.Module):
     """A bias-free projection over `in_axes` trailing dims to `features`.
 
     The kernel has shape ``in_shape + features`` with logical `names`.
+    `matmul` is the config's run option (`llama_jax.kernels.matmul`); with
+    "canonical" the output is `out_dtype` (None: `dtype`), else `dtype`.
     """
 
     features: tuple[int, ...]
@@ -92,12 +112,20 @@ class Linear(nn.Module):
     in_dims: int = 1
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    matmul: str = "xla"
+    out_dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_shape = x.shape[x.ndim - self.in_dims:]
         kernel = logical_param(self, "kernel", (*in_shape, *self.features),
                                self.names, DEFAULT_INIT, self.param_dtype)
+        if resolve_matmul(self.matmul) == "canonical":
+            lead = x.shape[:x.ndim - self.in_dims]
+            k_in, n_out = math.prod(in_shape), math.prod(self.features)
+            y = mixed_dot(x.reshape(*lead, k_in), kernel.reshape(k_in, n_out),
+                          jnp.dtype(self.dtype), jnp.dtype(self.out_dtype or self.dtype))
+            return y.reshape(*lead, *self.features)  # [..., *features]
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
         contract = (tuple(range(x.ndim - self.in_dims, x.ndim)),
@@ -113,7 +141,7 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        kw = linear_kw(cfg)
         hidden = cfg.ffn_dim
         gate = Linear((hidden,), ("embed", "mlp"), name="w1", **kw)(x)  # [batch, len, mlp]
         gate = checkpoint_name(gate, "w1")
