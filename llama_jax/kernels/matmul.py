@@ -27,14 +27,20 @@ gradients itself:
   canonical. The gradient comes back in the kernel's dtype (the float32
   master weights) without a bf16 rounding.
 
+`batched_dot_nt` and `batched_dot_nn` do the same for the two batched dots
+of the ``xla`` attention path (`llama_jax.kernels.xla_attention`): scores
+``q @ k^T`` and probabilities ``p @ v``, whose gradients contract the query
+axis; `_swap_minor` is their kept transpose.
+
 Measured on the 2-core AMD EPYC CI machine kind (avx512_bf16), a 2048 x 512 x
 1408 dot with its two gradients: bf16 686-761 GFLOP/s against 375-395 through
-JAX's transpose, f32 383; in the shape-(a) train step, 5,224 vs 3,896
-tokens/s in f32 and 7,105 vs 4,405 in bf16 (benchmarks/train_step.py,
-``*_xla_matmul`` variants; docs/performance.md).
+JAX's transpose, f32 383. In the train step (benchmarks/train_step.py,
+against the ``*_xla_matmul`` variants in the same run): 1.09-1.19x in f32
+and 1.20-1.81x in bf16 on shapes (a), (b) and tiny (docs/performance.md).
 
-`llama_jax.model.layers.Linear` uses it when the run option
-`LlamaConfig.matmul` resolves to ``"canonical"`` (``"auto"``: on the CPU).
+`llama_jax.model.layers.Linear` and `xla_attention` use them when the run
+option `LlamaConfig.matmul` resolves to ``"canonical"`` (``"auto"``: on the
+CPU, where they were measured; elsewhere XLA's own dots are kept).
 """
 
 from __future__ import annotations

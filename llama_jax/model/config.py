@@ -25,8 +25,9 @@ from absl import logging
 from llama_jax.model.remat import REMAT_POLICIES
 
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "ring", "auto")
-# Linear-layer matmuls (`llama_jax.kernels.matmul`): "auto" is "canonical" on the CPU
-# (a custom VJP whose dots XLA's CPU back-end runs fast), else "xla" (`lax.dot_general`).
+# Linear-layer and `xla` attention matmuls (`llama_jax.kernels.matmul`): "auto" is
+# "canonical" on the CPU (custom VJPs whose backward dots XLA's CPU back-end runs
+# fast), else "xla" (`lax.dot_general`).
 MATMUL_IMPLS = ("xla", "canonical", "auto")
 # RoPE scaling (`llama_jax.model.rope`): None is the paper's unscaled RoPE.
 ROPE_SCALING_TYPES = (None, "linear", "dynamic", "yarn", "llama3")
@@ -85,9 +86,9 @@ class LlamaConfig:
         `llama_jax.model.attention.dot_product_attention`).
       remat_policy: a key of `llama_jax.model.remat.REMAT_POLICIES`.
       scan_layers: stack the blocks with `nn.scan` (one compiled block).
-      matmul: "xla", "canonical" or "auto", how the linear layers multiply
-        (`llama_jax.kernels.matmul`; "auto" picks "canonical" on the CPU, "xla"
-        elsewhere).
+      matmul: "xla", "canonical" or "auto", how the linear layers and the
+        ``xla`` attention path's dots differentiate (`llama_jax.kernels.matmul`;
+        "auto" picks "canonical" on the CPU, "xla" elsewhere; same values).
     """
 
     dim: int = 4096
