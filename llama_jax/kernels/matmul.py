@@ -53,6 +53,8 @@ import jax.numpy as jnp
 from jax import lax
 
 _F32 = jnp.float32
+# The run option `LlamaConfig.matmul`: "auto" is "canonical" on the CPU, else "xla".
+MATMUL_IMPLS = ("xla", "canonical", "auto")
 
 
 def _dot_last(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -198,6 +200,6 @@ def resolve_matmul(impl: str) -> str:
     """The matmul `impl` names on this backend: "auto" is "canonical" on the CPU, else "xla"."""
     if impl == "auto":
         return "canonical" if jax.default_backend() == "cpu" else "xla"
-    if impl not in ("xla", "canonical"):
-        raise ValueError(f"matmul={impl!r} is not one of ('xla', 'canonical', 'auto')")
+    if impl not in MATMUL_IMPLS:
+        raise ValueError(f"matmul={impl!r} is not one of {MATMUL_IMPLS}")
     return impl

@@ -22,13 +22,10 @@ from typing import Any
 import jax.numpy as jnp
 from absl import logging
 
+from llama_jax.kernels.matmul import MATMUL_IMPLS
 from llama_jax.model.remat import REMAT_POLICIES
 
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "ring", "auto")
-# Linear-layer and `xla` attention matmuls (`llama_jax.kernels.matmul`): "auto" is
-# "canonical" on the CPU (custom VJPs whose backward dots XLA's CPU back-end runs
-# fast), else "xla" (`lax.dot_general`).
-MATMUL_IMPLS = ("xla", "canonical", "auto")
 # RoPE scaling (`llama_jax.model.rope`): None is the paper's unscaled RoPE.
 ROPE_SCALING_TYPES = (None, "linear", "dynamic", "yarn", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
